@@ -1,0 +1,142 @@
+"""All runtime settings, read once from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ModelOverrides(BaseModel):
+    """Per-model settings that take precedence over the manifest's defaults."""
+
+    model_config = {"extra": "forbid"}
+
+    precision: Precision | None = None
+    batching: bool | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # Models
+    model_repository: Path = Path("model-repository")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models to load (JSON list); empty means every model in the repository.",
+    )
+    device: str = "auto"
+    precision: Precision = "auto"
+    model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
+
+    # Batching and admission control
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    max_queue_size: Annotated[int, Field(ge=1)] = 512
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    max_request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+
+    # Server
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    torch_threads: Annotated[int, Field(ge=1)] | None = None
+    worker_timeout_s: Annotated[int, Field(ge=1)] = 120
+    graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
+    keepalive_s: Annotated[int, Field(ge=1)] = 5
+    drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    forwarded_allow_ips: str = "127.0.0.1"
+    replica_id: str = Field(default_factory=lambda: os.uname().nodename)
+
+    # Observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # Optional backends: absent means "not configured", never an error.
+    redis_url: SecretStr | None = None
+    database_url: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    def overrides_for(self, model: str) -> ModelOverrides:
+        return self.model_settings.get(model, ModelOverrides())
+
+    def effective_torch_threads(self) -> int:
+        """Intra-op threads per worker, so that workers together never oversubscribe the cores."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, available_cpus() // self.workers)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret masked."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump(mode="json").items():
+            secret = isinstance(getattr(self, name), SecretStr)
+            shown[name] = "********" if secret else value
+        shown["effective_torch_threads"] = self.effective_torch_threads()
+        return shown
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: the affinity mask, and the cgroup quota inside containers."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cpus, quota)) if quota else cpus
+
+
+def _cgroup_cpu_quota() -> int | None:
+    candidates = (
+        (Path("/sys/fs/cgroup/cpu.max"), None),
+        (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")),
+    )
+    for quota_path, period_path in candidates:
+        try:
+            raw = quota_path.read_text().split()
+            if period_path is None:
+                if raw[0] == "max":
+                    return None
+                quota, period = int(raw[0]), int(raw[1])
+            else:
+                quota, period = int(raw[0]), int(period_path.read_text())
+                if quota <= 0:
+                    return None
+            return max(1, -(-quota // period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+class ConfigError(Exception):
+    """Raised with one clear line describing every invalid setting."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from e
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
