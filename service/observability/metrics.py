@@ -1,0 +1,111 @@
+"""Every Prometheus series the service exports, defined once.
+
+Works in single-process mode and under gunicorn: when PROMETHEUS_MULTIPROC_DIR is set before
+this module is imported, prometheus_client writes per-process files that /metrics aggregates.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_MODEL = ("model_name", "model_version")
+# Latency buckets from 1 ms to 10 s: batching adds milliseconds, timeouts are seconds.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+
+HTTP_REQUESTS = Counter(
+    "torchdock_http_requests_total",
+    "HTTP requests answered, by route template and status code.",
+    ("method", "route", "status"),
+)
+HTTP_LATENCY = Histogram(
+    "torchdock_http_request_duration_seconds",
+    "Time from request start to response start, by route template.",
+    ("method", "route"),
+    buckets=_LATENCY_BUCKETS,
+)
+INFLIGHT = Gauge(
+    "torchdock_inflight_requests",
+    "HTTP requests being processed right now.",
+    multiprocess_mode="livesum",
+)
+REQUEST_LATENCY = Histogram(
+    "torchdock_inference_request_duration_seconds",
+    "Total time of a prediction request, from decode to encoded response.",
+    _MODEL,
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "torchdock_queue_wait_seconds",
+    "Time a request waited in the batch queue before its forward pass started.",
+    _MODEL,
+    buckets=_LATENCY_BUCKETS,
+)
+INFERENCE_LATENCY = Histogram(
+    "torchdock_inference_duration_seconds",
+    "Time of one batched forward pass, preprocessing and postprocessing included.",
+    _MODEL,
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "torchdock_batch_size",
+    "Instances per forward pass.",
+    _MODEL,
+    buckets=_BATCH_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "torchdock_queue_depth",
+    "Instances waiting in the batch queue.",
+    _MODEL,
+    multiprocess_mode="livesum",
+)
+REJECTIONS = Counter(
+    "torchdock_rejected_requests_total",
+    "Requests refused with 429 because the batch queue was full.",
+    _MODEL,
+)
+TIMEOUTS = Counter(
+    "torchdock_timeouts_total",
+    "Requests answered 504 because their deadline passed.",
+    _MODEL,
+)
+INSTANCES = Counter(
+    "torchdock_instances_total",
+    "Instances predicted.",
+    _MODEL,
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "torchdock_model_load_seconds",
+    "Seconds the last load of a model took, warm-up included.",
+    _MODEL,
+    multiprocess_mode="max",
+)
+MODEL_READY = Gauge(
+    "torchdock_model_ready",
+    "1 when the model version is loaded and warmed up in a live worker.",
+    _MODEL,
+    multiprocess_mode="livemax",
+)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for every live process (multiprocess mode) or this one."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,208 @@
+"""Dynamic batching: a list of inputs in, a list of outputs out, in the same order.
+
+Requests queue per model version. A batch closes when it holds `max_batch_size` instances or
+when its oldest request has waited `max_delay_s`, whichever comes first. Each batch is one call
+of `run_batch` on the torch thread; while it runs, the next batch fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from service.runtime.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    QueueFull,
+    ShuttingDown,
+    TooManyInstances,
+)
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class BatchObserver(Protocol):
+    def queue_depth(self, items: int) -> None: ...
+    def dispatched(self, *, batch_size: int, queue_waits: Sequence[float]) -> None: ...
+    def computed(self, *, seconds: float) -> None: ...
+    def rejected(self) -> None: ...
+    def timed_out(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pending(Generic[In, Out]):
+    items: Sequence[In]
+    future: asyncio.Future[list[Out]]
+    enqueued_at: float
+    deadline: float
+    is_abandoned: Callable[[], Awaitable[bool]] | None = field(default=None)
+
+
+class DynamicBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        *,
+        name: str,
+        run_batch: Callable[[list[In]], Awaitable[list[Out]]],
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_items: int,
+        enabled: bool,
+        observer: BatchObserver,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_items = max(max_queue_items, max_batch_size)
+        self.enabled = enabled
+        self._run_batch = run_batch
+        self._observer = observer
+        self._queue: deque[_Pending[In, Out]] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._recent_batch_s = 0.01
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop. New submissions are refused from now on."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(
+        self,
+        items: Sequence[In],
+        *,
+        deadline: float,
+        is_abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[Out]:
+        """Queue `items` as one request; returns their outputs in order, or raises."""
+        if self._closing:
+            raise ShuttingDown(f"model {self.name} is shutting down")
+        if len(items) > self.max_batch_size:
+            raise TooManyInstances(
+                f"{len(items)} instances exceed this model's max_batch_size"
+                f" of {self.max_batch_size}"
+            )
+        if self._queued_items + len(items) > self.max_queue_items:
+            self._observer.rejected()
+            raise QueueFull(
+                f"the queue for {self.name} is full ({self._queued_items} instances waiting)",
+                retry_after_s=self._retry_after_s(),
+            )
+        now = time.monotonic()
+        if deadline <= now:
+            self._observer.timed_out()
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(items, future, now, deadline, is_abandoned))
+        self._queued_items += len(items)
+        self._observer.queue_depth(self._queued_items)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(future, timeout=deadline - now)
+        except TimeoutError:
+            # wait_for cancelled the future: the loop skips it if it has not run yet.
+            self._observer.timed_out()
+            raise DeadlineExceeded("the request's deadline passed before its result") from None
+
+    def _retry_after_s(self) -> int:
+        batches_ahead = self._queued_items / self.max_batch_size + 1
+        return max(1, round(batches_ahead * self._recent_batch_s + 0.5))
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.enabled:
+                await self._fill()
+            batch = self._take_batch()
+            live = await self._drop_dead(batch)
+            if live:
+                await self._compute(live)
+
+    async def _fill(self) -> None:
+        close_at = self._queue[0].enqueued_at + self.max_delay_s
+        while self._queued_items < self.max_batch_size and not self._closing:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending[In, Out]]:
+        batch = [self._queue.popleft()]
+        size = len(batch[0].items)
+        if self.enabled:
+            while self._queue and size + len(self._queue[0].items) <= self.max_batch_size:
+                nxt = self._queue.popleft()
+                batch.append(nxt)
+                size += len(nxt.items)
+        self._queued_items -= size
+        self._observer.queue_depth(self._queued_items)
+        return batch
+
+    async def _drop_dead(self, batch: list[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
+        """Skip requests nobody waits for any more: past their deadline, or client gone."""
+        now = time.monotonic()
+        live: list[_Pending[In, Out]] = []
+        for pending in batch:
+            if pending.future.done():
+                continue
+            if pending.deadline <= now:
+                pending.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
+                continue
+            if pending.is_abandoned is not None and await pending.is_abandoned():
+                pending.future.cancel()
+                continue
+            live.append(pending)
+        return live
+
+    async def _compute(self, batch: list[_Pending[In, Out]]) -> None:
+        items = [item for pending in batch for item in pending.items]
+        started = time.monotonic()
+        self._observer.dispatched(
+            batch_size=len(items), queue_waits=[started - p.enqueued_at for p in batch]
+        )
+        try:
+            outputs = await self._run_batch(items)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"{len(items)} inputs gave {len(outputs)} outputs")
+        except Exception as e:
+            logger.exception("batch of %d instances failed for %s", len(items), self.name)
+            failure = InferenceFailed(f"inference failed for model {self.name}")
+            failure.__cause__ = e
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        finally:
+            elapsed = time.monotonic() - started
+            self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            self._observer.computed(seconds=elapsed)
+        offset = 0
+        for pending in batch:
+            n = len(pending.items)
+            if not pending.future.done():
+                pending.future.set_result(outputs[offset : offset + n])
+            offset += n

@@ -1,0 +1,49 @@
+"""Exceptions raised inside the runtime; the API maps each one to an HTTP problem in one place."""
+
+from __future__ import annotations
+
+
+class RuntimeProblem(Exception):
+    """Base class: a failure that a client request can run into."""
+
+
+class ModelNotFound(RuntimeProblem):
+    pass
+
+
+class ModelNotReady(RuntimeProblem):
+    pass
+
+
+class InvalidInput(RuntimeProblem):
+    """The request is well-formed JSON but not a valid input for this model."""
+
+
+class TooManyInstances(InvalidInput):
+    pass
+
+
+class QueueFull(RuntimeProblem):
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(RuntimeProblem):
+    pass
+
+
+class ShuttingDown(RuntimeProblem):
+    pass
+
+
+class InferenceFailed(RuntimeProblem):
+    pass
+
+
+class ModelLoadError(Exception):
+    """A model version could not be loaded: missing, corrupt, or a checksum mismatch."""
+
+
+class DeviceError(Exception):
+    """An impossible device or precision setting, detected at startup."""

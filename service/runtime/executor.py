@@ -1,0 +1,36 @@
+"""One dedicated thread per process for every torch call.
+
+When torch runs operations from more than one thread, each thread gets its own OpenMP team and
+libgomp stops spin-waiting; on 2 cores a batch-1 forward then takes twice as long. Loading,
+warm-up and every forward therefore go through this single thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from service.runtime.device import configure_torch_threads
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TorchThread:
+    def __init__(self, *, threads: int) -> None:
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="torch",
+            initializer=configure_torch_threads,
+            initargs=(threads,),
+        )
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

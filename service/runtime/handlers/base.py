@@ -1,0 +1,52 @@
+"""The per-task contract. Adding a model means one handler and one manifest, nothing else.
+
+Decoding and encoding (`*_from_*`, `*_to_*`) run on the event loop and must be cheap;
+`preprocess` and `postprocess` run on the torch thread, around the forward pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+from service.runtime.manifest import Manifest
+
+Item = TypeVar("Item")
+Pred = TypeVar("Pred")
+
+
+class ModelHandler(ABC, Generic[Item, Pred]):
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @abstractmethod
+    def instances_from_json(self, instances: Sequence[Any]) -> list[Item]:
+        """V1 instances to items; raises InvalidInput naming the bad instance."""
+
+    @abstractmethod
+    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[Item]:
+        """V2 input tensors (already checked against the manifest's specs) to items."""
+
+    @abstractmethod
+    def predictions_to_json(self, predictions: Sequence[Pred]) -> list[Any]:
+        """Task-level V1 predictions."""
+
+    @abstractmethod
+    def predictions_to_tensors(self, predictions: Sequence[Pred]) -> dict[str, np.ndarray]:
+        """V2 output tensors by output name, batch dimension first."""
+
+    @abstractmethod
+    def preprocess(self, items: list[Item]) -> tuple[torch.Tensor, ...]:
+        """Items to the model's CPU input tensors (torch thread)."""
+
+    @abstractmethod
+    def postprocess(self, outputs: Any, items: list[Item]) -> list[Pred]:
+        """The model's outputs (already on the CPU) to one prediction per item (torch thread)."""
+
+    @abstractmethod
+    def warmup_items(self) -> list[Item]:
+        """Representative inputs for the warm-up forward that gates readiness."""

@@ -1,0 +1,129 @@
+"""Small grayscale image classification (the bundled `digits` model)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from service.runtime.errors import InvalidInput
+from service.runtime.handlers.base import ModelHandler
+from service.runtime.manifest import Manifest
+
+_MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    label: int
+    probabilities: np.ndarray
+
+
+class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
+    """Items are float32 arrays of shape (size, size) with values in [0, max_value]."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest)
+        pre = manifest.preprocessing
+        self.size = int(pre["image_size"])
+        self.max_value = float(pre["max_value"])
+        self.input_name = manifest.inputs[0].name
+        self.labels = manifest.labels or []
+
+    def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
+        return [self._decode_instance(i, instance) for i, instance in enumerate(instances)]
+
+    def _decode_instance(self, index: int, instance: Any) -> np.ndarray:
+        if isinstance(instance, dict):
+            encoded = instance.get("b64")
+            if not isinstance(encoded, str) or set(instance) != {"b64"}:
+                raise InvalidInput(
+                    f"instance {index}: an image instance is an object with one key, 'b64'"
+                )
+            return self.image_to_pixels(encoded, index=index)
+        try:
+            pixels = np.asarray(instance, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InvalidInput(
+                f"instance {index}: expected {self.size}x{self.size} numbers or {{'b64': image}}"
+            ) from None
+        if pixels.shape == (self.size * self.size,):
+            pixels = pixels.reshape(self.size, self.size)
+        if pixels.shape != (self.size, self.size):
+            raise InvalidInput(
+                f"instance {index}: expected shape [{self.size}, {self.size}] (or"
+                f" {self.size * self.size} flat values), got {list(pixels.shape)}"
+            )
+        self._check_range(pixels, where=f"instance {index}")
+        return pixels
+
+    def _check_range(self, pixels: np.ndarray, *, where: str) -> None:
+        if not np.isfinite(pixels).all():
+            raise InvalidInput(f"{where}: NaN or infinite values are not allowed")
+        if pixels.min() < 0 or pixels.max() > self.max_value:
+            raise InvalidInput(f"{where}: values must lie in [0, {self.max_value:g}]")
+
+    def image_to_pixels(self, encoded: str, *, index: int) -> np.ndarray:
+        """A PNG or JPEG, base64-encoded, to the model's grid: grayscale, resized, ink bright."""
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+            with Image.open(io.BytesIO(raw)) as image:
+                if image.format not in ("PNG", "JPEG"):
+                    raise InvalidInput(f"instance {index}: only PNG and JPEG images are accepted")
+                if image.width * image.height > _MAX_IMAGE_PIXELS:
+                    raise InvalidInput(f"instance {index}: image too large")
+                gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BOX)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"instance {index}: 'b64' is not valid base64") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            raise InvalidInput(f"instance {index}: not a readable PNG or JPEG image") from None
+        pixels = np.asarray(gray, dtype=np.float32)
+        # The training data is bright ink on a dark ground; most images are the reverse.
+        if pixels.mean() > 127.5:
+            pixels = 255.0 - pixels
+        return pixels * (self.max_value / 255.0)
+
+    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        pixels = tensors[self.input_name].astype(np.float32, copy=False)
+        self._check_range(pixels, where=f"input {self.input_name!r}")
+        return list(pixels.reshape(-1, self.size, self.size))
+
+    def predictions_to_json(self, predictions: Sequence[Classification]) -> list[Any]:
+        return [
+            {
+                "label": p.label,
+                "label_name": self.labels[p.label] if self.labels else str(p.label),
+                "probabilities": p.probabilities,
+            }
+            for p in predictions
+        ]
+
+    def predictions_to_tensors(
+        self, predictions: Sequence[Classification]
+    ) -> dict[str, np.ndarray]:
+        return {
+            "label": np.array([p.label for p in predictions], dtype=np.int64),
+            "probabilities": np.stack([p.probabilities for p in predictions]),
+        }
+
+    def preprocess(self, items: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        batch = np.stack(items)[:, None, :, :] / self.max_value
+        return (torch.from_numpy(batch.astype(np.float32, copy=False)),)
+
+    def postprocess(self, outputs: Any, items: list[np.ndarray]) -> list[Classification]:
+        probabilities = outputs.float().numpy()
+        labels = probabilities.argmax(axis=1)
+        return [
+            Classification(int(label), row)
+            for label, row in zip(labels, probabilities, strict=True)
+        ]
+
+    def warmup_items(self) -> list[np.ndarray]:
+        return [np.zeros((self.size, self.size), dtype=np.float32)]

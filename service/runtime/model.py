@@ -1,0 +1,185 @@
+"""One loaded model version: its artifact on a device, its handler, and its batcher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.observability import metrics
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.device import DTYPES, PrecisionChoice
+from service.runtime.errors import ModelLoadError
+from service.runtime.executor import TorchThread
+from service.runtime.handlers import handler_for
+from service.runtime.handlers.base import ModelHandler
+from service.runtime.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    enabled: bool
+    max_batch_size: int
+    max_delay_s: float
+    max_queue_items: int
+
+
+class _MetricsObserver:
+    """Feeds the batcher's events into this model version's Prometheus series."""
+
+    def __init__(self, name: str, version: int) -> None:
+        labels = (name, str(version))
+        self._depth = metrics.QUEUE_DEPTH.labels(*labels)
+        self._wait = metrics.QUEUE_WAIT.labels(*labels)
+        self._batch = metrics.BATCH_SIZE.labels(*labels)
+        self._inference = metrics.INFERENCE_LATENCY.labels(*labels)
+        self._rejected = metrics.REJECTIONS.labels(*labels)
+        self._timeouts = metrics.TIMEOUTS.labels(*labels)
+        self._instances = metrics.INSTANCES.labels(*labels)
+
+    def queue_depth(self, items: int) -> None:
+        self._depth.set(items)
+
+    def dispatched(self, *, batch_size: int, queue_waits: Sequence[float]) -> None:
+        self._batch.observe(batch_size)
+        self._instances.inc(batch_size)
+        for wait in queue_waits:
+            self._wait.observe(wait)
+
+    def computed(self, *, seconds: float) -> None:
+        self._inference.observe(seconds)
+
+    def rejected(self) -> None:
+        self._rejected.inc()
+
+    def timed_out(self) -> None:
+        self._timeouts.inc()
+
+
+class LoadedModel:
+    def __init__(
+        self,
+        *,
+        manifest: Manifest,
+        handler: ModelHandler[Any, Any],
+        module: torch.nn.Module,
+        device: torch.device,
+        precision: PrecisionChoice,
+        torch_thread: TorchThread,
+        policy: BatchPolicy,
+    ) -> None:
+        self.manifest = manifest
+        self.handler = handler
+        self.device = device
+        self.precision = precision
+        self._module = module
+        self._dtype = DTYPES[precision.precision]
+        self._torch_thread = torch_thread
+        self.batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
+            name=f"{manifest.name}/{manifest.version}",
+            run_batch=self._run_batch,
+            max_batch_size=policy.max_batch_size,
+            max_delay_s=policy.max_delay_s,
+            max_queue_items=policy.max_queue_items,
+            enabled=policy.enabled,
+            observer=_MetricsObserver(manifest.name, manifest.version),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    async def _run_batch(self, items: list[Any]) -> list[Any]:
+        return await self._torch_thread.run(self.forward, items)
+
+    def forward(self, items: list[Any]) -> list[Any]:
+        """Preprocess, forward and postprocess one batch. Call only on the torch thread."""
+        with torch.inference_mode():
+            inputs = self.handler.preprocess(items)
+            on_device = tuple(self._to_device(t) for t in inputs)
+            outputs = self._module(*on_device)
+            # Reading the result is the one synchronisation point with the device.
+            host = _to_host(outputs)
+            return self.handler.postprocess(host, items)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        dtype = self._dtype if tensor.is_floating_point() else tensor.dtype
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, dtype=dtype, non_blocking=True)
+        return tensor.to(dtype=dtype)
+
+
+def _to_host(outputs: Any) -> Any:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.cpu()
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_to_host(o) for o in outputs)
+    return outputs
+
+
+def load_module(
+    artifact: Path, device: torch.device, precision: PrecisionChoice
+) -> torch.nn.Module:
+    """Load a torch.export artifact onto a device in a precision. Call only on the torch thread."""
+    try:
+        program = torch.export.load(str(artifact))
+    except Exception as e:  # torch raises many types for a corrupt archive
+        raise ModelLoadError(f"{artifact}: not a loadable torch.export archive: {e}") from e
+    if device.type != "cpu":
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
+    module = program.module()
+    return module.to(dtype=DTYPES[precision.precision])
+
+
+def load_model(
+    *,
+    manifest: Manifest,
+    artifact: Path,
+    device: torch.device,
+    precision: PrecisionChoice,
+    torch_thread: TorchThread,
+    policy: BatchPolicy,
+) -> LoadedModel:
+    """Load and warm up one version. Call only on the torch thread."""
+    started = time.monotonic()
+    handler = handler_for(manifest)
+    module = load_module(artifact, device, precision)
+    model = LoadedModel(
+        manifest=manifest,
+        handler=handler,
+        module=module,
+        device=device,
+        precision=precision,
+        torch_thread=torch_thread,
+        policy=policy,
+    )
+    warm = handler.warmup_items()
+    for size in sorted({1, min(policy.max_batch_size, 8)}):
+        model.forward((warm * size)[:size])
+    elapsed = time.monotonic() - started
+    metrics.MODEL_LOAD_SECONDS.labels(manifest.name, str(manifest.version)).set(elapsed)
+    logger.info(
+        "loaded model",
+        extra={
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "device": str(device),
+            "precision": precision.precision,
+            "precision_reason": precision.reason,
+            "load_seconds": round(elapsed, 3),
+        },
+    )
+    return model

@@ -1,0 +1,67 @@
+"""The model repository on disk: `<root>/<model>/<version>/{manifest.json, model.pt2}`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.runtime.errors import ModelLoadError
+from service.runtime.manifest import MANIFEST_FILE, Manifest
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    name: str
+    version: int
+    path: Path
+
+
+def discover(root: Path) -> dict[str, list[VersionRef]]:
+    """Every `<model>/<version>` directory that holds a manifest, versions ascending."""
+    if not root.is_dir():
+        raise ModelLoadError(
+            f"model repository {root} does not exist (run `torchdock build-models`)"
+        )
+    found: dict[str, list[VersionRef]] = {}
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        versions = [
+            VersionRef(model_dir.name, int(v.name), v)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file()
+        ]
+        if versions:
+            found[model_dir.name] = sorted(versions, key=lambda r: r.version)
+    return found
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_verified_manifest(ref: VersionRef) -> tuple[Manifest, Path]:
+    """The manifest, after checking that it matches its directory and its artifact's sha256."""
+    try:
+        manifest = Manifest.read(ref.path)
+    except (OSError, ValidationError, ValueError) as e:
+        raise ModelLoadError(f"{ref.name}/{ref.version}: unreadable manifest: {e}") from e
+    if (manifest.name, manifest.version) != (ref.name, ref.version):
+        raise ModelLoadError(
+            f"{ref.name}/{ref.version}: manifest says {manifest.name}/{manifest.version}"
+        )
+    artifact = ref.path / manifest.artifact
+    if not artifact.is_file():
+        raise ModelLoadError(f"{ref.name}/{ref.version}: artifact {manifest.artifact} is missing")
+    actual = sha256_file(artifact)
+    if actual != manifest.sha256:
+        raise ModelLoadError(
+            f"{ref.name}/{ref.version}: artifact sha256 mismatch"
+            f" (manifest {manifest.sha256[:12]}…, file {actual[:12]}…)"
+        )
+    return manifest, artifact
