@@ -1,0 +1,25 @@
+"""`torchdock build-models`: build every bundled model into a model repository."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from service.runtime.manifest import Manifest
+
+BUNDLED = ("digits",)
+
+
+def _builder(name: str) -> Callable[..., Manifest]:
+    if name == "digits":
+        from service.models import digits
+
+        return digits.build
+    raise ValueError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})")
+
+
+def build_models(
+    output: Path, *, names: tuple[str, ...] = BUNDLED, version: int = 1
+) -> list[Manifest]:
+    output.mkdir(parents=True, exist_ok=True)
+    return [_builder(name)(output, version=version) for name in names]
