@@ -1,0 +1,103 @@
+"""The one place where exceptions become HTTP problems."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.api.problems import Problem, problem_response
+from service.runtime import errors as rt
+
+logger = logging.getLogger(__name__)
+
+_RUNTIME: dict[type[rt.RuntimeProblem], tuple[int, str, str]] = {
+    rt.ModelNotFound: (404, "model-not-found", "Model not found"),
+    rt.ModelNotReady: (503, "model-not-ready", "Model not ready"),
+    rt.TooManyInstances: (422, "too-many-instances", "Too many instances"),
+    rt.InvalidInput: (422, "invalid-input", "Invalid input"),
+    rt.QueueFull: (429, "queue-full", "Too many requests"),
+    rt.DeadlineExceeded: (504, "deadline-exceeded", "Deadline exceeded"),
+    rt.ShuttingDown: (503, "shutting-down", "Shutting down"),
+    rt.InferenceFailed: (500, "inference-failed", "Inference failed"),
+}
+
+
+def problem_from_runtime(exc: rt.RuntimeProblem) -> Problem:
+    for cls in type(exc).__mro__:
+        if cls in _RUNTIME:
+            status, slug, title = _RUNTIME[cls]
+            break
+    else:
+        status, slug, title = 500, "internal-error", "Internal error"
+    headers = {}
+    if isinstance(exc, rt.QueueFull):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, (rt.ShuttingDown, rt.ModelNotReady)):
+        headers["Retry-After"] = "1"
+    return Problem(status, slug, title, str(exc), headers=headers)
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc)
+
+
+async def _on_runtime(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, rt.RuntimeProblem)
+    if isinstance(exc, rt.InferenceFailed):
+        logger.error("inference failed: %s", exc, exc_info=exc.__cause__)
+    return problem_response(problem_from_runtime(exc))
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if not (content_type == "application/json" or content_type.endswith("+json")):
+        return problem_response(
+            Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                f"send the body as JSON with Content-Type: application/json, not {content_type}",
+            )
+        )
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(
+            Problem(400, "malformed-json", "Malformed JSON", "the request body is not valid JSON")
+        )
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in errors
+    ]
+    summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
+    return problem_response(
+        Problem(422, "invalid-request", "Invalid request", summary, extra={"errors": details})
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 415: "Unsupported media type"}
+    title = titles.get(exc.status_code, "HTTP error")
+    return problem_response(
+        Problem(
+            exc.status_code,
+            title.lower().replace(" ", "-"),
+            title,
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
+        )
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(rt.RuntimeProblem, _on_runtime)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    # Anything else is caught by RequestContextMiddleware, so that even a 500 carries its
+    # request id header and never a stack trace.

@@ -1,0 +1,75 @@
+"""The friendly JSON API: `{"instances": [...]}` in, `{"predictions": [...]}` out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.deps import State
+from service.api.inference import json_response, predict, resolve_model
+from service.api.schemas import PredictRequest
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+@router.get("/models", summary="Every model served here, with its versions and state")
+async def list_models(state: State) -> Response:
+    models: list[dict[str, Any]] = []
+    for entry in state.registry.entries.values():
+        default = entry.versions[entry.default_version] if entry.versions else None
+        manifest = default.manifest if default else None
+        models.append(
+            {
+                "name": entry.name,
+                "default_version": str(entry.default_version) if entry.versions else None,
+                "task": manifest.task if manifest else None,
+                "ready": bool(default and default.ready),
+                "versions": [
+                    {
+                        "version": str(v.version),
+                        "ready": v.ready,
+                        "error": v.error,
+                        "precision": v.model.precision.precision if v.model else None,
+                        "device": str(v.model.device) if v.model else None,
+                        "max_batch_size": v.model.batcher.max_batch_size if v.model else None,
+                        "metrics": v.manifest.metrics if v.manifest else {},
+                    }
+                    for v in entry.versions.values()
+                ],
+            }
+        )
+    return json_response({"models": models})
+
+
+async def _predict(
+    state: State, request: Request, body: PredictRequest, name: str, version: str | None
+) -> Response:
+    started = time.monotonic()
+    model = resolve_model(state, name, version)
+    items = model.handler.instances_from_json(body.instances)
+    predictions = await predict(state, request, model, items, started)
+    return json_response(
+        {
+            "model_name": model.name,
+            "model_version": str(model.version),
+            "predictions": model.handler.predictions_to_json(predictions),
+        },
+        model=model,
+    )
+
+
+@router.post("/models/{name}:predict", summary="Predict with the model's default version")
+async def predict_default(
+    name: str, body: PredictRequest, request: Request, state: State
+) -> Response:
+    return await _predict(state, request, body, name, None)
+
+
+@router.post("/models/{name}/versions/{version}:predict", summary="Predict with one version")
+async def predict_version(
+    name: str, version: str, body: PredictRequest, request: Request, state: State
+) -> Response:
+    return await _predict(state, request, body, name, version)

@@ -1,0 +1,122 @@
+"""Open Inference Protocol (KServe V2) REST, JSON tensors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service import __version__
+from service.api.deps import State
+from service.api.inference import json_response, parse_version, predict, resolve_model
+from service.api.schemas import InferenceRequest
+from service.api.tensors import decode_inputs, encode_outputs, select_outputs
+from service.runtime.errors import ModelNotReady
+from service.runtime.registry import VersionState
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+PLATFORM = "pytorch_torchexport"
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return json_response({"name": "torchdock", "version": __version__, "extensions": []})
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness: every configured model loaded and warm")
+async def ready(state: State) -> Response:
+    is_ready = state.registry.ready and not state.lifecycle.draining
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def _metadata(state: State, name: str, version: str | None) -> tuple[VersionState, Response]:
+    chosen = state.registry.state(name, parse_version(version, model=name))
+    entry = state.registry.entries[name]
+    manifest = chosen.manifest
+    body: dict[str, Any] = {
+        "name": name,
+        "versions": [str(v) for v in sorted(entry.versions)],
+        "platform": PLATFORM,
+    }
+    if manifest is not None:
+        body["inputs"] = [spec.model_dump() for spec in manifest.inputs]
+        body["outputs"] = [spec.model_dump() for spec in manifest.outputs]
+        body["parameters"] = {"task": manifest.task, "max_batch_size": manifest.max_batch_size}
+    if chosen.error is not None:
+        body["error"] = chosen.error
+    response = json_response(body)
+    response.headers["X-Model-Version"] = str(chosen.version)
+    return chosen, response
+
+
+@router.get("/models/{name}", summary="Model metadata (default version)")
+async def model_metadata(name: str, state: State) -> Response:
+    return _metadata(state, name, None)[1]
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+async def version_metadata(name: str, version: str, state: State) -> Response:
+    return _metadata(state, name, version)[1]
+
+
+def _readiness(state: State, name: str, version: str | None) -> Response:
+    chosen = state.registry.state(name, parse_version(version, model=name))
+    if not chosen.ready:
+        raise ModelNotReady(
+            f"model {name!r} version {chosen.version} is not loaded: {chosen.error}"
+        )
+    response = json_response({"name": name, "version": str(chosen.version), "ready": True})
+    response.headers["X-Model-Version"] = str(chosen.version)
+    return response
+
+
+@router.get("/models/{name}/ready", summary="Model readiness (default version)")
+async def model_ready(name: str, state: State) -> Response:
+    return _readiness(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+async def version_ready(name: str, version: str, state: State) -> Response:
+    return _readiness(state, name, version)
+
+
+async def _infer(
+    state: State, request: Request, body: InferenceRequest, name: str, version: str | None
+) -> Response:
+    started = time.monotonic()
+    model = resolve_model(state, name, version)
+    manifest = model.manifest
+    tensors = decode_inputs(body.inputs, manifest.inputs)
+    items = model.handler.instances_from_tensors(tensors)
+    requested = [o.name for o in body.outputs] if body.outputs is not None else None
+    # Checked before compute, so that a bad `outputs` list costs no forward pass.
+    selected = select_outputs(manifest.outputs, requested)
+    predictions = await predict(state, request, model, items, started)
+    outputs = encode_outputs(model.handler.predictions_to_tensors(predictions), selected)
+    payload: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": str(model.version),
+        "outputs": outputs,
+    }
+    if body.id is not None:
+        payload["id"] = body.id
+    return json_response(payload, model=model)
+
+
+@router.post("/models/{name}/infer", summary="Inference (default version)")
+async def infer(name: str, body: InferenceRequest, request: Request, state: State) -> Response:
+    return await _infer(state, request, body, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+async def infer_version(
+    name: str, version: str, body: InferenceRequest, request: Request, state: State
+) -> Response:
+    return await _infer(state, request, body, name, version)
