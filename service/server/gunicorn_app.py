@@ -1,0 +1,80 @@
+"""gunicorn with uvicorn workers, from Settings; models load in each worker, after fork."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
+
+from service.config import Settings
+
+
+class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "server_header": False,
+        "access_log": False,  # the app writes its own access line, with the request id
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn waits for in-flight requests forever unless told otherwise; stop just before
+        # gunicorn's own graceful timeout would SIGKILL the worker.
+        self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """Start every server with an empty metrics directory: stale files would add dead workers."""
+    if path.exists():
+        for child in path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+class TorchdockApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "worker_class": f"{TorchdockWorker.__module__}.{TorchdockWorker.__qualname__}",
+            "timeout": s.worker_timeout_s,
+            "graceful_timeout": s.graceful_timeout_s,
+            "keepalive": s.keepalive_s,
+            "forwarded_allow_ips": s.forwarded_allow_ips,
+            "child_exit": _child_exit,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level.lower(),
+            "proc_name": "torchdock",
+            "worker_tmp_dir": os.environ.get("TORCHDOCK_WORKER_TMP_DIR", "/dev/shm")
+            if Path("/dev/shm").is_dir()
+            else None,
+        }
+        for key, value in options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from service.app import create_app
+
+        return create_app(self.settings)
