@@ -1,0 +1,196 @@
+"""Every bad request gets a precise status and an RFC 9457 body with its request id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SettingsFactory, serve
+from tests.prom import sample_value
+
+pytestmark = pytest.mark.integration
+
+ZEROS = [[0.0] * 8 for _ in range(8)]
+
+
+def _assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = r.json()
+    assert body["type"] == f"urn:torchdock:problem:{slug}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text
+    return body
+
+
+def _v2(
+    data: Any, shape: list[int], datatype: str = "FP32", name: str = "pixels"
+) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "status", "slug"),
+    [
+        ("/v1/models/digits:predict", b"{not json", 400, "malformed-json"),
+        ("/v2/models/digits/infer", b'{"inputs": [', 400, "malformed-json"),
+        ("/v1/models/digits:predict", b'{"instances": []}', 422, "invalid-request"),
+        ("/v1/models/digits:predict", b'{"rows": [1]}', 422, "invalid-request"),
+        ("/v2/models/digits/infer", b'{"inputs": "x"}', 422, "invalid-request"),
+        ("/v1/models/digits:predict", b'{"instances": [[1, 2, 3]]}', 422, "invalid-input"),
+        ("/v1/models/digits:predict", b'{"instances": ["seven"]}', 422, "invalid-input"),
+        ("/v1/models/digits:predict", b'{"instances": [{"b64": "%%%"}]}', 422, "invalid-input"),
+        (
+            "/v1/models/digits:predict",
+            b'{"instances": [{"b64": "aGVsbG8="}]}',
+            422,
+            "invalid-input",
+        ),
+    ],
+)
+async def test_bad_bodies(
+    client: httpx.AsyncClient, path: str, content: bytes, status: int, slug: str
+) -> None:
+    r = await client.post(path, content=content, headers={"content-type": "application/json"})
+    _assert_problem(r, status, slug)
+
+
+async def test_nan_and_out_of_range_rejected(client: httpx.AsyncClient) -> None:
+    nan_grid = b'{"instances": [[' + b",".join([b"NaN"] * 64) + b"]]}"
+    r = await client.post(
+        "/v1/models/digits:predict", content=nan_grid, headers={"content-type": "application/json"}
+    )
+    assert "NaN" in _assert_problem(r, 422, "invalid-input")["detail"]
+    too_big = [[99.0] * 8 for _ in range(8)]
+    r = await client.post("/v1/models/digits:predict", json={"instances": [too_big]})
+    _assert_problem(r, 422, "invalid-input")
+    v2_nan = (
+        b'{"inputs":[{"name":"pixels","shape":[1,8,8],"datatype":"FP32","data":['
+        + b",".join([b"NaN"] * 64)
+        + b"]}]}"
+    )
+    r = await client.post(
+        "/v2/models/digits/infer", content=v2_nan, headers={"content-type": "application/json"}
+    )
+    _assert_problem(r, 422, "invalid-input")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (_v2([0.0] * 64, [1, 8, 8], datatype="INT32"), "datatype"),
+        (_v2([0.0] * 64, [1, 64]), "shape"),
+        (_v2([0.0] * 63, [1, 8, 8]), "values do not fill"),
+        (_v2([0.0] * 64, [1, 8, 8], name="image"), "unknown input"),
+        (_v2([[1, 2], [3]], [1, 8, 8]), "regular"),
+        ({**_v2([0.0] * 64, [1, 8, 8]), "outputs": [{"name": "logits"}]}, "unknown output"),
+        (_v2([], [0, 8, 8]), "empty"),
+    ],
+)
+async def test_v2_tensor_errors(client: httpx.AsyncClient, body: Any, fragment: str) -> None:
+    r = await client.post("/v2/models/digits/infer", json=body)
+    problem = _assert_problem(r, 422, "invalid-input")
+    assert fragment in problem["detail"]
+    assert problem["error"] == problem["detail"]  # what KServe V2 clients print
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/nope:predict",
+        "/v1/models/digits/versions/9:predict",
+        "/v1/models/digits/versions/latest:predict",
+        "/v2/models/nope/infer",
+        "/v2/models/digits/versions/2/infer",
+    ],
+)
+async def test_unknown_model_or_version(client: httpx.AsyncClient, path: str) -> None:
+    body = {"instances": [ZEROS]} if path.startswith("/v1") else _v2([0.0] * 64, [1, 8, 8])
+    _assert_problem(await client.post(path, json=body), 404, "model-not-found")
+    meta = await client.get("/v2/models/nope")
+    _assert_problem(meta, 404, "model-not-found")
+
+
+async def test_too_many_instances(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 65})
+    assert "max_batch_size" in _assert_problem(r, 422, "too-many-instances")["detail"]
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    _assert_problem(await client.get("/v3/anything"), 404, "not-found")
+    _assert_problem(await client.get("/v2/models/digits/infer"), 405, "method-not-allowed")
+
+
+async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/models/digits:predict", content=b"instances=1", headers={"content-type": "text/plain"}
+    )
+    _assert_problem(r, 415, "unsupported-media-type")
+
+
+async def test_invalid_timeout_header(client: httpx.AsyncClient) -> None:
+    for value in ("soon", "0", "-1", "100000"):
+        r = await client.post(
+            "/v1/models/digits:predict",
+            json={"instances": [ZEROS]},
+            headers={"X-Request-Timeout": value},
+        )
+        _assert_problem(r, 400, "invalid-timeout")
+
+
+async def test_body_over_limit(make_settings: SettingsFactory) -> None:
+    async with serve(make_settings(max_body_bytes=4096)) as http:
+        big = {"instances": [ZEROS] * 40}  # about 10 KB of JSON
+        r = await http.post("/v1/models/digits:predict", json=big)
+        _assert_problem(r, 413, "body-too-large")
+
+        async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = await http.post(
+            "/v1/models/digits:predict",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+        _assert_problem(r, 413, "body-too-large")
+
+
+async def test_deadline_exceeded_before_compute(make_settings: SettingsFactory) -> None:
+    # The batch stays open for 1 s; a 0.2 s deadline expires in the queue, before any forward.
+    settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 1000}})
+    labels = {"model_name": "digits", "model_version": "1"}
+    async with serve(settings) as http:
+        before = (await http.get("/metrics")).text
+        r = await http.post(
+            "/v1/models/digits:predict",
+            json={"instances": [ZEROS]},
+            headers={"X-Request-Timeout": "0.2"},
+        )
+        _assert_problem(r, 504, "deadline-exceeded")
+        await asyncio.sleep(1.2)  # past the batch's close: it would have run by now
+        after = (await http.get("/metrics")).text
+    for name, delta in (("torchdock_timeouts_total", 1), ("torchdock_batch_size_count", 0)):
+        assert sample_value(after, name, **labels) - sample_value(before, name, **labels) == delta
+
+
+async def test_queue_full_is_429_with_retry_after(make_settings: SettingsFactory) -> None:
+    settings = make_settings(
+        max_queue_size=64, model_settings={"digits": {"max_batch_delay_ms": 500}}
+    )
+    async with serve(settings) as http:
+        first = asyncio.create_task(
+            http.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 60})
+        )
+        await asyncio.sleep(0.1)
+        r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 10})
+        problem = _assert_problem(r, 429, "queue-full")
+        assert int(r.headers["retry-after"]) >= 1
+        assert "full" in problem["detail"]
+        assert (await first).status_code == 200

@@ -1,0 +1,156 @@
+"""Readiness transitions, draining, batching through the API, metrics, and broken models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.models import digits
+from tests.conftest import SettingsFactory, serve
+from tests.prom import sample_value
+
+pytestmark = pytest.mark.integration
+
+ZEROS = [[0.0] * 8 for _ in range(8)]
+LABELS = {"model_name": "digits", "model_version": "1"}
+
+
+async def test_concurrent_requests_share_one_forward(make_settings: SettingsFactory) -> None:
+    settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 300}})
+    async with serve(settings) as http:
+        before = (await http.get("/metrics")).text
+        responses = await asyncio.gather(
+            *(
+                http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+                for _ in range(16)
+            )
+        )
+        after = (await http.get("/metrics")).text
+    assert all(r.status_code == 200 for r in responses)
+    batches = sample_value(after, "torchdock_batch_size_count", **LABELS) - sample_value(
+        before, "torchdock_batch_size_count", **LABELS
+    )
+    instances = sample_value(after, "torchdock_batch_size_sum", **LABELS) - sample_value(
+        before, "torchdock_batch_size_sum", **LABELS
+    )
+    assert instances == 16
+    assert batches == 1
+
+
+async def test_batching_off_runs_one_request_per_forward(make_settings: SettingsFactory) -> None:
+    settings = make_settings(model_settings={"digits": {"batching": False}})
+    async with serve(settings) as http:
+        before = (await http.get("/metrics")).text
+        responses = await asyncio.gather(
+            *(http.post("/v1/models/digits:predict", json={"instances": [ZEROS]}) for _ in range(6))
+        )
+        after = (await http.get("/metrics")).text
+    assert all(r.status_code == 200 for r in responses)
+    count = "torchdock_batch_size_count"
+    assert sample_value(after, count, **LABELS) - sample_value(before, count, **LABELS) == 6
+
+
+async def test_draining_fails_readiness_but_finishes_in_flight(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 500}})
+    server = serve(settings)
+    async with server as http:
+        assert (await http.get("/v2/health/ready")).status_code == 200
+        in_flight = asyncio.create_task(
+            http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+        )
+        await asyncio.sleep(0.1)
+        server.app.state.torchdock.lifecycle.begin_drain()
+        ready = await http.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False}
+        assert (await http.get("/v2/health/live")).status_code == 200
+        assert (await in_flight).status_code == 200
+
+
+async def test_metrics_exposed_and_labelled(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    text = r.text
+    for series in (
+        "torchdock_inference_request_duration_seconds_bucket",
+        "torchdock_queue_wait_seconds_bucket",
+        "torchdock_inference_duration_seconds_bucket",
+        "torchdock_batch_size_bucket",
+    ):
+        assert sample_value(text, series.replace("_bucket", "_count"), **LABELS) >= 1, series
+        assert f'{series}{{le="+Inf",model_name="digits",model_version="1"}}' in text
+    assert sample_value(text, "torchdock_model_load_seconds", **LABELS) > 0
+    assert sample_value(text, "torchdock_model_ready", **LABELS) == 1
+    assert "torchdock_queue_depth" in text
+    assert "torchdock_inflight_requests" in text
+    assert "torchdock_rejected_requests_total" in text
+    assert (
+        sample_value(
+            text,
+            "torchdock_http_requests_total",
+            method="POST",
+            route="/v1/models/{name}:predict",
+            status="200",
+        )
+        >= 1
+    )
+
+
+async def test_zero_models_is_not_ready(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    async with serve(make_settings(model_repository=tmp_path)) as http:
+        assert (await http.get("/v2/health/live")).status_code == 200
+        assert (await http.get("/v2/health/ready")).status_code == 503
+    async with serve(make_settings(model_repository=tmp_path / "missing")) as http:
+        assert (await http.get("/v2/health/ready")).status_code == 503
+
+
+async def test_missing_configured_model_is_not_ready(make_settings: SettingsFactory) -> None:
+    async with serve(make_settings(models=["digits", "absent"])) as http:
+        assert (await http.get("/v2/health/ready")).status_code == 503
+        r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+        assert r.status_code == 200
+
+
+async def test_corrupt_version_fails_alone(make_settings: SettingsFactory, repo_copy: Path) -> None:
+    """A corrupt v2 of one model: that version fails clearly, v1 and other models still serve."""
+    digits.build(repo_copy, name="other")
+    corrupt = repo_copy / "digits" / "2"
+    corrupt.mkdir()
+    manifest = json.loads((repo_copy / "digits" / "1" / "manifest.json").read_text())
+    manifest["version"] = 2
+    (corrupt / "manifest.json").write_text(json.dumps(manifest))
+    artifact = bytearray((repo_copy / "digits" / "1" / "model.pt2").read_bytes())
+    artifact[len(artifact) // 2] ^= 0xFF
+    (corrupt / "model.pt2").write_bytes(bytes(artifact))
+
+    async with serve(make_settings(model_repository=repo_copy)) as http:
+        # The default (highest) version of digits is broken: never silently serve v1 instead.
+        r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+        assert r.status_code == 503
+        assert "sha256 mismatch" in r.json()["detail"]
+        ready = await http.get("/v2/models/digits/versions/2/ready")
+        assert ready.status_code == 503
+        assert (await http.get("/v2/health/ready")).status_code == 503
+        meta = (await http.get("/v2/models/digits/versions/2")).json()
+        assert "sha256 mismatch" in meta["error"]
+        v1 = await http.post("/v1/models/digits/versions/1:predict", json={"instances": [ZEROS]})
+        assert v1.status_code == 200
+        other = await http.post("/v1/models/other:predict", json={"instances": [ZEROS]})
+        assert other.status_code == 200
+
+
+async def test_highest_version_is_default(make_settings: SettingsFactory, repo_copy: Path) -> None:
+    digits.build(repo_copy, version=3)
+    async with serve(make_settings(model_repository=repo_copy)) as http:
+        r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+        assert r.headers["x-model-version"] == "3"
+        r1 = await http.post("/v1/models/digits/versions/1:predict", json={"instances": [ZEROS]})
+        assert r1.headers["x-model-version"] == "1"
+        assert (await http.get("/v2/models/digits")).json()["versions"] == ["1", "3"]

@@ -1,0 +1,148 @@
+"""The real server: gunicorn master, uvicorn workers, multiprocess metrics, SIGTERM draining."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.digits_data import held_out
+from tests.e2e.server import ServerProcess
+from tests.prom import sample_value
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(model_repo: Path, tmp_path: Path) -> Iterator[StartServer]:
+    started: list[ServerProcess] = []
+
+    def start(workers: int = 2, **env: str) -> ServerProcess:
+        base = {
+            "MODEL_REPOSITORY": str(model_repo),
+            "DEVICE": "cpu",
+            "LOG_FORMAT": "json",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{len(started)}"),
+        }
+        server = ServerProcess(
+            env={**base, **env}, workers=workers, log_path=tmp_path / f"server-{len(started)}.log"
+        )
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_serves_predictions_and_aggregates_metrics(start_server: StartServer) -> None:
+    server = start_server(workers=2)
+    images, labels = held_out()
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        correct = 0
+        for i in range(40):
+            r = http.post(
+                "/v1/models/digits:predict",
+                json={"instances": [images[i].tolist()]},
+                headers={"X-Request-ID": f"e2e-{i}"},
+            )
+            assert r.status_code == 200
+            assert r.headers["x-request-id"] == f"e2e-{i}"
+            correct += r.json()["predictions"][0]["label"] == labels[i]
+        v2 = http.post(
+            "/v2/models/digits/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "shape": [1, 8, 8],
+                        "datatype": "FP32",
+                        "data": images[0].reshape(-1).tolist(),
+                    }
+                ]
+            },
+        )
+        assert v2.status_code == 200
+        assert v2.json()["outputs"][0]["data"] == [labels[0]]
+        metrics = http.get("/metrics").text
+    assert correct >= 38
+    # One scrape sees the requests of every worker (multiprocess mode).
+    total = sample_value(
+        metrics,
+        "torchdock_http_requests_total",
+        method="POST",
+        route="/v1/models/{name}:predict",
+        status="200",
+    )
+    assert total == 40
+    # Sequential requests: each is one batch. Warm-up forwards are not counted.
+    batches = sample_value(
+        metrics, "torchdock_batch_size_count", model_name="digits", model_version="1"
+    )
+    assert batches == 41
+    for line in server.log_text().splitlines():
+        if '"e2e-7"' in line:
+            record = json.loads(line)
+            assert record["request_id"] == "e2e-7"
+            assert record["status"] == 200
+            break
+    else:
+        pytest.fail("no JSON access line carries the request id e2e-7")
+
+
+def test_sigterm_drains_then_exits(start_server: StartServer) -> None:
+    # Each request waits 1.5 s in the batcher, so one is surely in flight at SIGTERM.
+    server = start_server(
+        workers=1,
+        MODEL_SETTINGS=json.dumps({"digits": {"max_batch_delay_ms": 1000}}),
+        DRAIN_DELAY_S="1.5",
+        GRACEFUL_TIMEOUT_S="20",
+    )
+    result: dict[str, httpx.Response] = {}
+
+    def slow_request() -> None:
+        zeros = [[0.0] * 8] * 8
+        result["r"] = httpx.post(
+            f"{server.base_url}/v1/models/digits:predict", json={"instances": [zeros]}, timeout=30
+        )
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    time.sleep(0.4)
+    os.kill(server.process.pid, signal.SIGTERM)
+    time.sleep(0.4)
+    ready = httpx.get(f"{server.base_url}/v2/health/ready", timeout=5)
+    assert ready.status_code == 503, "readiness must fail as soon as draining starts"
+    worker.join(timeout=30)
+    assert result["r"].status_code == 200, "the in-flight request must finish"
+    assert server.process.wait(timeout=30) == 0
+    log = server.log_text()
+    assert "draining" in log
+    assert log.index("draining") < log.index("worker stopped")
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="needs a machine without a CUDA device"
+)
+def test_cuda_without_gpu_fails_fast(model_repo: Path, tmp_path: Path) -> None:
+    server = ServerProcess(
+        env={"MODEL_REPOSITORY": str(model_repo), "DEVICE": "cuda", "LOG_FORMAT": "json"},
+        workers=1,
+        log_path=tmp_path / "cuda.log",
+    )
+    try:
+        code = server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    assert code != 0
+    assert "DEVICE=cuda but no CUDA device is visible" in server.log_text()
