@@ -12,3 +12,16 @@ VENV="${VENV:-$REPO_ROOT/.venv}"
 TORCH_VERSION="2.13.0"
 # Where torch's CPU wheels come from when no local wheelhouse (PIP_FIND_LINKS) has one.
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+
+# install_torch PIP_COMMAND...: the CPU build of torch, pinned, from a local wheelhouse
+# (PIP_FIND_LINKS) when it holds the wheel, else from TORCH_INDEX_URL. Its own dependencies
+# come from PyPI.
+install_torch() {
+  local spec="torch==${TORCH_VERSION}+cpu"
+  if "$@" install --no-index --no-deps "$spec" >/dev/null 2>&1; then
+    "$@" install "$spec"
+  else
+    log "no local torch wheel; installing $spec from $TORCH_INDEX_URL"
+    "$@" install --extra-index-url "$TORCH_INDEX_URL" "$spec"
+  fi
+}
