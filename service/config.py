@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -129,6 +129,11 @@ class ConfigError(Exception):
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
+    except SettingsError as e:
+        # Raised while reading the environment, e.g. a JSON-valued variable that is not JSON.
+        field = re.search(r'field "(\w+)"', str(e))
+        name = field.group(1).upper() if field else "a setting"
+        raise ConfigError(f"invalid configuration: {name}: not valid JSON") from e
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"

@@ -22,6 +22,8 @@ _RUNTIME: dict[type[rt.RuntimeProblem], tuple[int, str, str]] = {
     rt.QueueFull: (429, "queue-full", "Too many requests"),
     rt.DeadlineExceeded: (504, "deadline-exceeded", "Deadline exceeded"),
     rt.ShuttingDown: (503, "shutting-down", "Shutting down"),
+    # nginx's convention for "client closed request": only logs and metrics ever see it.
+    rt.ClientDisconnected: (499, "client-closed-request", "Client closed request"),
     rt.InferenceFailed: (500, "inference-failed", "Inference failed"),
 }
 

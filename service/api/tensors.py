@@ -23,11 +23,13 @@ NUMPY_DTYPES: dict[str, Any] = {
     "INT32": np.int32,
     "INT64": np.int64,
     "FP16": np.float16,
+    # numpy has no bfloat16: JSON BF16 values are decoded as float32; the model casts them.
+    "BF16": np.float32,
     "FP32": np.float32,
     "FP64": np.float64,
     "BYTES": np.object_,
 }
-_DATATYPE_OF = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items() if k != "BYTES"}
+_DATATYPE_OF = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items() if k not in ("BYTES", "BF16")}
 
 
 def decode_inputs(
@@ -69,14 +71,30 @@ def _decode_one(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
             array = np.empty(len(flat), dtype=object)
             array[:] = flat
         else:
-            array = np.asarray(data, dtype=NUMPY_DTYPES[spec.datatype]).reshape(-1)
+            array = _numeric(data, np.dtype(NUMPY_DTYPES[spec.datatype]), where=where)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{where}: data is not a regular {spec.datatype} tensor") from None
     if array.size != expected:
         raise InvalidInput(f"{where}: {array.size} values do not fill shape {tensor.shape}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"{where}: NaN or infinite values are not allowed")
     return array.reshape(tensor.shape)
+
+
+def _numeric(data: list[Any], dtype: np.dtype[Any], *, where: str) -> np.ndarray:
+    raw = np.asarray(data).reshape(-1)
+    if raw.dtype.kind not in "biuf":
+        raise TypeError("not numbers")
+    if dtype.kind in "iu" and raw.dtype.kind == "f":
+        # numpy would truncate 1.5 to 1 without a word.
+        raise InvalidInput(f"{where}: integer tensors take whole numbers only")
+    if dtype.kind == "b" and raw.dtype.kind != "b":
+        raise InvalidInput(f"{where}: BOOL tensors take true and false only")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = raw.astype(dtype)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"{where}: NaN, infinite or out-of-range values are not allowed")
+    if dtype.kind in "iu" and not np.array_equal(array, raw):
+        raise InvalidInput(f"{where}: values out of range for {dtype.name}")
+    return array
 
 
 def _flatten_strings(data: list[Any]) -> list[str]:

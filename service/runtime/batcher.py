@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from service.runtime.errors import (
+    ClientDisconnected,
     DeadlineExceeded,
     InferenceFailed,
     QueueFull,
@@ -173,7 +174,7 @@ class DynamicBatcher(Generic[In, Out]):
                 pending.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
                 continue
             if pending.is_abandoned is not None and await pending.is_abandoned():
-                pending.future.cancel()
+                pending.future.set_exception(ClientDisconnected("the client disconnected"))
                 continue
             live.append(pending)
         return live

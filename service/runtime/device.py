@@ -98,7 +98,9 @@ def choose_precision(
                 f"fastest on {device.type} meeting the model's bound"
                 f" ({policy.agreement_metric} {agreement:.5f} >= {policy.min_agreement})",
             )
-    return PrecisionChoice(policy.default, "the model's default")
+    if policy.default in supported:
+        return PrecisionChoice(policy.default, "the model's default")
+    return PrecisionChoice("fp32", f"the model's default {policy.default} is not supported here")
 
 
 def configure_torch_threads(threads: int) -> None:

@@ -33,6 +33,10 @@ class DeadlineExceeded(RuntimeProblem):
     pass
 
 
+class ClientDisconnected(RuntimeProblem):
+    """The client went away before its request was computed; nobody reads the answer."""
+
+
 class ShuttingDown(RuntimeProblem):
     pass
 
