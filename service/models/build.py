@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.runtime.manifest import Manifest
 
-BUNDLED = ("digits",)
+BUNDLED = ("digits", "minilm")
 
 
 def _builder(name: str) -> Callable[..., Manifest]:
@@ -15,6 +15,10 @@ def _builder(name: str) -> Callable[..., Manifest]:
         from service.models import digits
 
         return digits.build
+    if name == "minilm":
+        from service.models import minilm
+
+        return minilm.build
     raise ValueError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})")
 
 

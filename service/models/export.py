@@ -25,7 +25,11 @@ def export_program(
 
 
 def write_version(
-    *, output: Path, program: torch.export.ExportedProgram, manifest_fields: dict[str, Any]
+    *,
+    output: Path,
+    program: torch.export.ExportedProgram,
+    manifest_fields: dict[str, Any],
+    extra_files: dict[str, Path] | None = None,
 ) -> Manifest:
     """Write `<output>/<name>/<version>/` atomically: a reader never sees half a version."""
     name, version = manifest_fields["name"], manifest_fields["version"]
@@ -35,10 +39,13 @@ def write_version(
     try:
         artifact = staging / "model.pt2"
         torch.export.save(program, str(artifact))
+        for target_name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / target_name)
         manifest = Manifest(
             **manifest_fields,
             artifact=artifact.name,
             sha256=sha256_file(artifact),
+            files={n: sha256_file(staging / n) for n in extra_files or {}},
             torch_version=torch.__version__,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )

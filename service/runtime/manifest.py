@@ -44,6 +44,8 @@ class Manifest(BaseModel):
     artifact: str = "model.pt2"
     format: Literal["torch.export"] = "torch.export"
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # Other files the version needs (a tokenizer, say), each with its sha256.
+    files: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=dict)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     labels: list[str] | None = None

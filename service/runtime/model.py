@@ -106,12 +106,12 @@ class LoadedModel:
     def forward(self, items: list[Any]) -> list[Any]:
         """Preprocess, forward and postprocess one batch. Call only on the torch thread."""
         with torch.inference_mode():
-            inputs = self.handler.preprocess(items)
-            on_device = tuple(self._to_device(t) for t in inputs)
+            prepared = self.handler.preprocess(items)
+            on_device = tuple(self._to_device(t) for t in prepared.inputs)
             outputs = self._module(*on_device)
             # Reading the result is the one synchronisation point with the device.
             host = _to_host(outputs)
-            return self.handler.postprocess(host, items)
+            return self.handler.postprocess(host, prepared)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self._dtype if tensor.is_floating_point() else tensor.dtype
@@ -155,7 +155,7 @@ def load_model(
 ) -> LoadedModel:
     """Load and warm up one version. Call only on the torch thread."""
     started = time.monotonic()
-    handler = handler_for(manifest)
+    handler = handler_for(manifest, artifact.parent)
     module = load_module(artifact, device, precision)
     model = LoadedModel(
         manifest=manifest,

@@ -56,12 +56,14 @@ def read_verified_manifest(ref: VersionRef) -> tuple[Manifest, Path]:
             f"{ref.name}/{ref.version}: manifest says {manifest.name}/{manifest.version}"
         )
     artifact = ref.path / manifest.artifact
-    if not artifact.is_file():
-        raise ModelLoadError(f"{ref.name}/{ref.version}: artifact {manifest.artifact} is missing")
-    actual = sha256_file(artifact)
-    if actual != manifest.sha256:
-        raise ModelLoadError(
-            f"{ref.name}/{ref.version}: artifact sha256 mismatch"
-            f" (manifest {manifest.sha256[:12]}…, file {actual[:12]}…)"
-        )
+    for file_name, expected in {manifest.artifact: manifest.sha256, **manifest.files}.items():
+        path = ref.path / file_name
+        if not path.is_file():
+            raise ModelLoadError(f"{ref.name}/{ref.version}: {file_name} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelLoadError(
+                f"{ref.name}/{ref.version}: {file_name} sha256 mismatch"
+                f" (manifest {expected[:12]}…, file {actual[:12]}…)"
+            )
     return manifest, artifact

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -19,9 +21,18 @@ Item = TypeVar("Item")
 Pred = TypeVar("Pred")
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The model's CPU input tensors, and what postprocess needs to know about them."""
+
+    inputs: tuple[torch.Tensor, ...]
+    context: Any = None
+
+
 class ModelHandler(ABC, Generic[Item, Pred]):
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
         self.manifest = manifest
+        self.directory = directory
 
     @abstractmethod
     def instances_from_json(self, instances: Sequence[Any]) -> list[Item]:
@@ -40,11 +51,11 @@ class ModelHandler(ABC, Generic[Item, Pred]):
         """V2 output tensors by output name, batch dimension first."""
 
     @abstractmethod
-    def preprocess(self, items: list[Item]) -> tuple[torch.Tensor, ...]:
+    def preprocess(self, items: list[Item]) -> Prepared:
         """Items to the model's CPU input tensors (torch thread)."""
 
     @abstractmethod
-    def postprocess(self, outputs: Any, items: list[Item]) -> list[Pred]:
+    def postprocess(self, outputs: Any, prepared: Prepared) -> list[Pred]:
         """The model's outputs (already on the CPU) to one prediction per item (torch thread)."""
 
     @abstractmethod

@@ -7,6 +7,7 @@ import binascii
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from service.runtime.errors import InvalidInput
-from service.runtime.handlers.base import ModelHandler
+from service.runtime.handlers.base import ModelHandler, Prepared
 from service.runtime.manifest import Manifest
 
 _MAX_IMAGE_PIXELS = 4096 * 4096
@@ -29,8 +30,8 @@ class Classification:
 class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
     """Items are float32 arrays of shape (size, size) with values in [0, max_value]."""
 
-    def __init__(self, manifest: Manifest) -> None:
-        super().__init__(manifest)
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        super().__init__(manifest, directory)
         pre = manifest.preprocessing
         self.size = int(pre["image_size"])
         self.max_value = float(pre["max_value"])
@@ -113,11 +114,11 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
             "probabilities": np.stack([p.probabilities for p in predictions]),
         }
 
-    def preprocess(self, items: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    def preprocess(self, items: list[np.ndarray]) -> Prepared:
         batch = np.stack(items)[:, None, :, :] / self.max_value
-        return (torch.from_numpy(batch.astype(np.float32, copy=False)),)
+        return Prepared((torch.from_numpy(batch.astype(np.float32, copy=False)),))
 
-    def postprocess(self, outputs: Any, items: list[np.ndarray]) -> list[Classification]:
+    def postprocess(self, outputs: Any, prepared: Prepared) -> list[Classification]:
         probabilities = outputs.float().numpy()
         labels = probabilities.argmax(axis=1)
         return [

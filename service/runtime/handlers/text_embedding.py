@@ -1,0 +1,86 @@
+"""Sentence embeddings (the bundled `minilm` model): texts in, L2-normalised vectors out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from service.runtime.errors import InvalidInput
+from service.runtime.handlers.base import ModelHandler, Prepared
+from service.runtime.manifest import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+
+
+class TextEmbeddingHandler(ModelHandler[str, Embedding]):
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        super().__init__(manifest, directory)
+        pre = manifest.preprocessing
+        self.max_tokens = int(pre["max_tokens"])
+        self.max_chars = int(pre["max_chars"])
+        self.input_name = manifest.inputs[0].name
+        # Tokenisation runs on the torch thread; a rayon pool beside torch's threads would
+        # oversubscribe the cores.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.tokenizer = Tokenizer.from_file(str(directory / pre["tokenizer"]))
+        self.tokenizer.enable_truncation(max_length=self.max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def _check(self, text: Any, where: str) -> str:
+        if not isinstance(text, str):
+            raise InvalidInput(f"{where}: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInput(f"{where}: empty text")
+        if len(text) > self.max_chars:
+            raise InvalidInput(f"{where}: longer than {self.max_chars} characters")
+        return text
+
+    def instances_from_json(self, instances: Sequence[Any]) -> list[str]:
+        return [self._check(text, f"instance {i}") for i, text in enumerate(instances)]
+
+    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[str]:
+        texts = tensors[self.input_name].reshape(-1)
+        return [self._check(t, f"input {self.input_name!r}[{i}]") for i, t in enumerate(texts)]
+
+    def predictions_to_json(self, predictions: Sequence[Embedding]) -> list[Any]:
+        return [
+            {"embedding": p.vector, "tokens": p.tokens, "truncated": p.truncated}
+            for p in predictions
+        ]
+
+    def predictions_to_tensors(self, predictions: Sequence[Embedding]) -> dict[str, np.ndarray]:
+        return {
+            "embedding": np.stack([p.vector for p in predictions]),
+            "truncated": np.array([p.truncated for p in predictions], dtype=np.bool_),
+        }
+
+    def preprocess(self, items: list[str]) -> Prepared:
+        encodings = self.tokenizer.encode_batch(items)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.int64)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64)
+        counts = mask.sum(dim=1).tolist()
+        truncated = [bool(e.overflowing) for e in encodings]
+        return Prepared((ids, mask), context=(counts, truncated))
+
+    def postprocess(self, outputs: Any, prepared: Prepared) -> list[Embedding]:
+        vectors = outputs.float().numpy()
+        counts, truncated = prepared.context
+        return [
+            Embedding(vector, int(count), flag)
+            for vector, count, flag in zip(vectors, counts, truncated, strict=True)
+        ]
+
+    def warmup_items(self) -> list[str]:
+        return ["warm-up sentence for the embedding model"]
