@@ -13,16 +13,16 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.config import Settings
-from service.models import digits
+from service.models.build import build_models
 
 SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled digits model, built from source once for the whole session."""
+    """The bundled models, built from source once for the whole session."""
     root = tmp_path_factory.mktemp("model-repository")
-    digits.build(root)
+    build_models(root)
     return root
 
 
@@ -39,6 +39,8 @@ def make_settings(model_repo: Path) -> SettingsFactory:
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "model_repository": model_repo,
+            # Most tests need only the cheap model; `client` and others ask for all.
+            "models": ["digits"],
             "device": "cpu",
             "log_format": "text",
             "replica_id": "test-replica",
@@ -51,7 +53,7 @@ def make_settings(model_repo: Path) -> SettingsFactory:
 
 @pytest.fixture
 async def client(make_settings: SettingsFactory) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(make_settings()) as http:
+    async with serve(make_settings(models=[])) as http:
         yield http
 
 

@@ -130,7 +130,7 @@ async def test_corrupt_version_fails_alone(make_settings: SettingsFactory, repo_
     artifact[len(artifact) // 2] ^= 0xFF
     (corrupt / "model.pt2").write_bytes(bytes(artifact))
 
-    async with serve(make_settings(model_repository=repo_copy)) as http:
+    async with serve(make_settings(model_repository=repo_copy, models=[])) as http:
         # The default (highest) version of digits is broken: never silently serve v1 instead.
         r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
         assert r.status_code == 503

@@ -152,7 +152,7 @@ async def test_v2_metadata_endpoints(client: httpx.AsyncClient) -> None:
 
 async def test_v1_model_list(client: httpx.AsyncClient) -> None:
     models = (await client.get("/v1/models")).json()["models"]
-    assert [m["name"] for m in models] == ["digits"]
+    assert [m["name"] for m in models] == ["digits", "minilm"]
     digits = models[0]
     assert digits["ready"] is True
     assert digits["default_version"] == "1"

