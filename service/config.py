@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     # Server
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    workers: Annotated[int, Field(ge=1)] = 1
+    workers: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="gunicorn workers; unset means effective_workers()"
+    )
     torch_threads: Annotated[int, Field(ge=1)] | None = None
     worker_timeout_s: Annotated[int, Field(ge=1)] = 120
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
@@ -77,11 +79,22 @@ class Settings(BaseSettings):
     def overrides_for(self, model: str) -> ModelOverrides:
         return self.model_settings.get(model, ModelOverrides())
 
+    def effective_workers(self) -> int:
+        """Measured on 2 cores: one single-threaded worker per core beats one worker with two
+        torch threads (a busy event loop makes one OpenMP thread a straggler). Beyond
+        MAX_AUTO_WORKERS, cores go to torch threads instead, so that batches stay large and
+        memory stays bounded. One worker per GPU: batching already keeps the GPU busy."""
+        if self.workers is not None:
+            return self.workers
+        if self.device.startswith("cuda") or (self.device == "auto" and _gpu_present()):
+            return 1
+        return min(available_cpus(), MAX_AUTO_WORKERS)
+
     def effective_torch_threads(self) -> int:
         """Intra-op threads per worker, so that workers together never oversubscribe the cores."""
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, available_cpus() // self.workers)
+        return max(1, available_cpus() // self.effective_workers())
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""
@@ -89,8 +102,18 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             secret = isinstance(getattr(self, name), SecretStr)
             shown[name] = "********" if secret else value
+        shown["effective_workers"] = self.effective_workers()
         shown["effective_torch_threads"] = self.effective_torch_threads()
         return shown
+
+
+MAX_AUTO_WORKERS = 4
+
+
+def _gpu_present() -> bool:
+    # Deliberately no torch.cuda call: this runs in the gunicorn master, which must not
+    # initialise CUDA before it forks.
+    return Path("/dev/nvidiactl").exists()
 
 
 def available_cpus() -> int:

@@ -19,7 +19,7 @@ class AppState:
     lifecycle: Lifecycle
 
 
-def _state(request: Request) -> AppState:
+async def _state(request: Request) -> AppState:
     state: AppState = request.app.state.torchdock
     return state
 

@@ -110,8 +110,8 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", _UNMATCHED)
             method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, template).observe(elapsed)
+            metrics.http_requests(method, template, status).inc()
+            metrics.http_latency(method, template).observe(elapsed)
             logger.info(
                 "request",
                 extra={

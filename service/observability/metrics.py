@@ -7,6 +7,7 @@ this module is imported, prometheus_client writes per-process files that /metric
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -100,6 +101,17 @@ MODEL_READY = Gauge(
     _MODEL,
     multiprocess_mode="livemax",
 )
+
+
+@lru_cache(maxsize=1024)
+def http_requests(method: str, route: str, status: int) -> Counter:
+    """The labelled child, cached: `.labels()` costs a lock and a dict build per call."""
+    return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@lru_cache(maxsize=256)
+def http_latency(method: str, route: str) -> Histogram:
+    return HTTP_LATENCY.labels(method, route)
 
 
 def render_latest() -> tuple[bytes, str]:

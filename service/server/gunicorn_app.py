@@ -55,7 +55,7 @@ class TorchdockApplication(BaseApplication):  # type: ignore[misc]
         s = self.settings
         options: dict[str, Any] = {
             "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
-            "workers": s.workers,
+            "workers": s.effective_workers(),
             "worker_class": f"{TorchdockWorker.__module__}.{TorchdockWorker.__qualname__}",
             "timeout": s.worker_timeout_s,
             "graceful_timeout": s.graceful_timeout_s,

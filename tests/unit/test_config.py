@@ -34,7 +34,7 @@ def test_defaults_load_without_any_environment() -> None:
 
     assert settings.device == "auto"
     assert settings.port == 8000
-    assert settings.workers == 1
+    assert settings.workers is None  # automatic: see effective_workers()
     assert settings.models == []
     assert settings.redis_url is None
     assert settings.database_url is None
@@ -179,6 +179,29 @@ def test_effective_torch_threads_shares_the_cpus_between_workers(
 
     assert settings.effective_torch_threads() == threads
     assert settings.masked()["effective_torch_threads"] == threads
+
+
+@pytest.mark.parametrize(
+    ("cpus", "device", "gpu", "workers", "threads"),
+    [
+        (2, "cpu", False, 2, 1),
+        (1, "auto", False, 1, 1),
+        (8, "cpu", False, 4, 2),
+        (16, "auto", False, 4, 4),
+        (16, "cuda", False, 1, 16),
+        (16, "auto", True, 1, 16),
+    ],
+)
+def test_automatic_workers_and_threads(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, device: str, gpu: bool, workers: int, threads: int
+) -> None:
+    monkeypatch.setattr(config, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(config, "_gpu_present", lambda: gpu)
+
+    settings = load_settings(device=device)
+
+    assert settings.effective_workers() == workers
+    assert settings.effective_torch_threads() == threads
 
 
 def test_an_explicit_torch_threads_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
