@@ -1,0 +1,359 @@
+"""Benchmark minilm serving against the hardware's ceiling, side by side in one run.
+
+    .venv/bin/python -m loadtests.bench [--precision fp32] [--seconds 10]
+
+1. The ceiling: the served artifact in a loop (tokenise, forward, pool) on the torch thread,
+   with the threads and precision the server uses, at several batch sizes.
+2. The server: real HTTP through `torchdock serve` (gunicorn + uvicorn), driven by a lean
+   closed-loop client on the same machine, at each concurrency, with batching off, on with the
+   default settings, and on with `--tuned` settings.
+It prints requests/s, p50, p99, errors, the mean batch size formed, the fraction of the ceiling,
+the load generator's CPU share and each worker's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+
+from loadtests.httpload import LoadResult, build_request, run_load
+from service.config import available_cpus, load_settings
+
+CORPUS = Path(__file__).with_name("corpus.txt")
+HOST = "127.0.0.1"
+
+
+def sentences() -> list[str]:
+    return [line.strip() for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
+def ensure_repository(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    from service.models import minilm
+
+    root = Path(tempfile.mkdtemp(prefix="torchdock-bench-"))
+    minilm.build(root)
+    return root
+
+
+def measure_ceiling(
+    repository: Path, *, precision: str, threads: int, batch_sizes: list[int], seconds: float
+) -> dict[int, float]:
+    """Sentences/s of the served code path (handler + artifact) with no server around it."""
+    from service.runtime.device import choose_precision, resolve_device
+    from service.runtime.executor import TorchThread
+    from service.runtime.manifest import Manifest
+    from service.runtime.model import BatchPolicy, load_model
+
+    directory = repository / "minilm" / "1"
+    manifest = Manifest.read(directory)
+    torch_thread = TorchThread(threads=threads)
+    device = resolve_device("cpu")
+    choice = choose_precision(precision, manifest.precision, device, model="minilm")
+    policy = BatchPolicy(enabled=True, max_batch_size=256, max_delay_s=0, max_queue_items=256)
+
+    async def run() -> dict[int, float]:
+        model = await torch_thread.run(
+            load_model,
+            manifest=manifest,
+            artifact=directory / manifest.artifact,
+            device=device,
+            precision=choice,
+            torch_thread=torch_thread,
+            policy=policy,
+        )
+        texts = sentences()
+
+        def loop(batch: int) -> float:
+            items = [texts[i % len(texts)] for i in range(batch)]
+            for _ in range(3):
+                model.forward(items)
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                offset = done % len(texts)
+                model.forward([texts[(offset + i) % len(texts)] for i in range(batch)])
+                done += batch
+            return done / (time.perf_counter() - started)
+
+        return {b: await torch_thread.run(loop, b) for b in batch_sizes}
+
+    try:
+        return asyncio.run(run())
+    finally:
+        torch_thread.shutdown()
+
+
+def measure_layout_ceiling(
+    repository: Path,
+    *,
+    precision: str,
+    workers: int,
+    threads: int,
+    batch_sizes: list[int],
+    seconds: float,
+) -> dict[int, float]:
+    """The ceiling of `workers` processes with `threads` torch threads each, run at once."""
+    if workers == 1:
+        return measure_ceiling(
+            repository,
+            precision=precision,
+            threads=threads,
+            batch_sizes=batch_sizes,
+            seconds=seconds,
+        )
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        parts = pool.starmap(
+            _ceiling_part,
+            [(repository, precision, threads, batch_sizes, seconds)] * workers,
+        )
+    return {b: sum(part[b] for part in parts) for b in batch_sizes}
+
+
+def _ceiling_part(
+    repository: Path, precision: str, threads: int, batch_sizes: list[int], seconds: float
+) -> dict[int, float]:
+    return measure_ceiling(
+        repository, precision=precision, threads=threads, batch_sizes=batch_sizes, seconds=seconds
+    )
+
+
+@dataclass
+class ServerRun:
+    label: str
+    env: dict[str, str]
+    results: list[tuple[LoadResult, float]] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, repository: Path, env: dict[str, str], log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "torchdock"), "serve", "--port", str(self.port)],
+            env={
+                **os.environ,
+                "MODEL_REPOSITORY": str(repository),
+                "MODELS": '["minilm"]',
+                "DEVICE": "cpu",
+                "LOG_LEVEL": "WARNING",
+                **env,
+            },
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited; see its log")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("server not ready")
+
+    def batch_totals(self) -> tuple[float, float]:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = count = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.labels.get("model_name") != "minilm":
+                    continue
+                if s.name == "torchdock_batch_size_sum":
+                    total = s.value
+                elif s.name == "torchdock_batch_size_count":
+                    count = s.value
+        return total, count
+
+    def worker_rss_mb(self) -> list[float]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        rss = []
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss.append(int(line.split()[1]) / 1024)
+        return rss
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, 15)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+        self._log.close()
+
+
+def requests_for(port: int) -> list[bytes]:
+    path = "/v1/models/minilm:predict"
+    return [build_request(HOST, port, path, orjson.dumps({"instances": [s]})) for s in sentences()]
+
+
+def run_server(
+    run: ServerRun, repository: Path, concurrencies: list[int], seconds: float, logs: Path
+) -> None:
+    server = Server(repository, run.env, logs / f"{run.label.replace(' ', '_')}.log")
+    try:
+        server.wait_ready()
+        requests = requests_for(server.port)
+        for concurrency in concurrencies:
+            before = server.batch_totals()
+            result = asyncio.run(
+                run_load(
+                    host=HOST,
+                    port=server.port,
+                    requests=requests,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                )
+            )
+            after = server.batch_totals()
+            batches = after[1] - before[1]
+            mean_batch = (after[0] - before[0]) / batches if batches else 0.0
+            run.results.append((result, mean_batch))
+        run.rss_mb = server.worker_rss_mb()
+    finally:
+        server.stop()
+
+
+def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, precision: str) -> str:
+    best = max(max(c.values()) for c in ceilings.values())
+    layouts = list(ceilings)
+    lines = [
+        f"## Ceiling: the served artifact in a loop, tokenisation included ({precision})",
+        "",
+        "| batch | " + " | ".join(layouts) + " |",
+        "|---:|" + "---:|" * len(layouts),
+        *(
+            f"| {b} | " + " | ".join(f"{ceilings[k][b]:,.0f}" for k in layouts) + " |"
+            for b in next(iter(ceilings.values()))
+        ),
+        "",
+        f"Best ceiling: {best:,.0f} sentences/s; the server's fraction below is of this.",
+        "",
+        f"## Server (gunicorn + uvicorn), {available_cpus()} CPUs shared with the load generator",
+        "",
+        "| setting | conc. | req/s | p50 ms | p99 ms | p99/p50 | errors | mean batch |"
+        " of best ceiling | client CPU | worker RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        rss = "/".join(f"{r:.0f}" for r in run.rss_mb)
+        for result, mean_batch in run.results:
+            lines.append(
+                f"| {run.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.1f}"
+                f" | {result.p99_ms:.1f} | {result.p99_ms / result.p50_ms:.2f} | {result.errors}"
+                f" | {mean_batch:.1f} | {result.rps / best:.2f}"
+                f" | {result.client_cpu_s / result.seconds:.0%} | {rss} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per point")
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--repository", type=Path, help="model repository with minilm")
+    parser.add_argument(
+        "--tuned", default="{}", help='JSON env for the tuned run, e.g. {"MAX_BATCH_DELAY_MS": "5"}'
+    )
+    parser.add_argument("--tuned-label", default="batching on, tuned")
+    parser.add_argument("--only", choices=["off", "default", "tuned"], action="append")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args(argv)
+
+    repository = ensure_repository(args.repository)
+    cpus = available_cpus()
+    defaults = load_settings(device="cpu")
+    layouts = {(1, cpus), (defaults.effective_workers(), defaults.effective_torch_threads())}
+    ceilings = {
+        f"{w} proc x {t} threads": measure_layout_ceiling(
+            repository,
+            precision=args.precision,
+            workers=w,
+            threads=t,
+            batch_sizes=args.batch_sizes,
+            seconds=args.ceiling_seconds,
+        )
+        for w, t in sorted(layouts)
+    }
+    base = {"PRECISION": args.precision}
+    candidates = {
+        "off": ServerRun(
+            "batching off", {**base, "MODEL_SETTINGS": '{"minilm": {"batching": false}}'}
+        ),
+        "default": ServerRun("batching on, default", dict(base)),
+        "tuned": ServerRun(args.tuned_label, {**base, **json.loads(args.tuned)}),
+    }
+    runs = [candidates[k] for k in (args.only or ["off", "default", "tuned"])]
+    logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
+    for run in runs:
+        run_server(run, repository, args.concurrency, args.seconds, logs)
+    print(report(ceilings, runs, precision=args.precision))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "ceilings": ceilings,
+                    "runs": [
+                        {
+                            "label": r.label,
+                            "env": r.env,
+                            "rss_mb": r.rss_mb,
+                            "points": [
+                                {
+                                    "concurrency": res.concurrency,
+                                    "rps": res.rps,
+                                    "p50_ms": res.p50_ms,
+                                    "p99_ms": res.p99_ms,
+                                    "errors": res.errors,
+                                    "mean_batch": mb,
+                                }
+                                for res, mb in r.results
+                            ],
+                        }
+                        for r in runs
+                    ],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
