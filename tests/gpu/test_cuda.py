@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -40,3 +42,24 @@ def test_cuda_device_index_out_of_range_is_refused() -> None:
 
     with pytest.raises(DeviceError, match="visible"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize(("precision", "bound"), [("fp32", 0.9999), ("fp16", 0.999)])
+def test_minilm_parity_on_cuda(model_repo: Path, precision: str, bound: float) -> None:
+    from service.runtime.device import PrecisionChoice
+    from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+    from service.runtime.manifest import Manifest
+    from service.runtime.model import load_module
+    from tests.sentences import SENTENCES
+
+    directory = model_repo / "minilm" / "1"
+    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
+    prepared = handler.preprocess(SENTENCES)
+    artifact = directory / "model.pt2"
+    cpu = load_module(artifact, torch.device("cpu"), PrecisionChoice("fp32", "test"))
+    gpu = load_module(artifact, torch.device("cuda"), PrecisionChoice(precision, "test"))  # type: ignore[arg-type]
+    with torch.inference_mode():
+        expected = cpu(*prepared.inputs).float()
+        got = gpu(*(t.cuda() for t in prepared.inputs)).float().cpu()
+    cosine = (expected * got).sum(1) / got.norm(dim=1)
+    assert float(cosine.min()) >= bound
