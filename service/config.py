@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -24,6 +32,8 @@ class ModelOverrides(BaseModel):
     batching: bool | None = None
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    cache: bool | None = None
+    cache_ttl_s: Annotated[int, Field(ge=1)] | None = None
 
 
 class Settings(BaseSettings):
@@ -66,7 +76,18 @@ class Settings(BaseSettings):
 
     # Optional backends: absent means "not configured", never an error.
     redis_url: SecretStr | None = None
+    redis_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
+    cache_ttl_s: Annotated[int, Field(ge=1)] = 3600
+    cache_max_value_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
+    cache_breaker_failures: Annotated[int, Field(ge=1)] = 3
+    cache_breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
     database_url: SecretStr | None = None
+    db_auto_upgrade: bool = True
+    log_queue_size: Annotated[int, Field(ge=1)] = 10_000
+    log_payloads: bool = False
+    log_payload_max_bytes: Annotated[int, Field(ge=0)] = 4096
+    spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
+    prediction_lookup: bool = False
     admin_token: SecretStr | None = None
 
     @field_validator("device")
@@ -75,6 +96,12 @@ class Settings(BaseSettings):
         if not _DEVICE_PATTERN.match(value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _lookup_needs_a_token(self) -> Settings:
+        if self.prediction_lookup and self.admin_token is None:
+            raise ValueError("PREDICTION_LOOKUP needs ADMIN_TOKEN")
+        return self
 
     def overrides_for(self, model: str) -> ModelOverrides:
         return self.model_settings.get(model, ModelOverrides())

@@ -103,6 +103,53 @@ MODEL_READY = Gauge(
 )
 
 
+CACHE_RESULTS = Counter(
+    "torchdock_cache_instances_total",
+    "Instances looked up in the prediction cache, by result (hit, miss).",
+    (*_MODEL, "result"),
+)
+CACHE_ERRORS = Counter(
+    "torchdock_cache_errors_total",
+    "Redis calls that failed or timed out, by operation.",
+    ("operation",),
+)
+CACHE_SKIPPED = Counter(
+    "torchdock_cache_skipped_total",
+    "Redis calls not made because the circuit breaker was open, by operation.",
+    ("operation",),
+)
+CACHE_LATENCY = Histogram(
+    "torchdock_cache_duration_seconds",
+    "Latency of Redis calls, by operation.",
+    ("operation",),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+CACHE_BREAKER_STATE = Gauge(
+    "torchdock_cache_breaker_state",
+    "The cache circuit breaker: 0 closed, 1 open, 2 half-open (the worst live worker).",
+    multiprocess_mode="livemax",
+)
+LOG_QUEUE_DEPTH = Gauge(
+    "torchdock_prediction_log_queue_depth",
+    "Prediction-log rows waiting in memory to be written.",
+    multiprocess_mode="livesum",
+)
+LOG_ROWS = Counter(
+    "torchdock_prediction_log_rows_total",
+    "Prediction-log rows by outcome: written, spooled (to local disk), replayed (spool to DB).",
+    ("outcome",),
+)
+LOG_WRITE_ERRORS = Counter(
+    "torchdock_prediction_log_write_errors_total",
+    "Failed attempts to write prediction-log rows to Postgres.",
+)
+LOG_SPOOL_BYTES = Gauge(
+    "torchdock_prediction_log_spool_bytes",
+    "Bytes of prediction-log rows waiting in the local spool for Postgres.",
+    multiprocess_mode="livesum",
+)
+
+
 @lru_cache(maxsize=1024)
 def http_requests(method: str, route: str, status: int) -> Counter:
     """The labelled child, cached: `.labels()` costs a lock and a dict build per call."""

@@ -38,10 +38,20 @@ class BatchObserver(Protocol):
     def timed_out(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Batched(Generic[Out]):
+    """A request's outputs, and how its batch went (for logs)."""
+
+    outputs: list[Out]
+    batch_size: int
+    queue_s: float
+    inference_s: float
+
+
 @dataclass(eq=False)
 class _Pending(Generic[In, Out]):
     items: Sequence[In]
-    future: asyncio.Future[list[Out]]
+    future: asyncio.Future[Batched[Out]]
     enqueued_at: float
     deadline: float
     is_abandoned: Callable[[], Awaitable[bool]] | None = field(default=None)
@@ -91,6 +101,17 @@ class DynamicBatcher(Generic[In, Out]):
         is_abandoned: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[Out]:
         """Queue `items` as one request; returns their outputs in order, or raises."""
+        batched = await self.submit_detailed(items, deadline=deadline, is_abandoned=is_abandoned)
+        return batched.outputs
+
+    async def submit_detailed(
+        self,
+        items: Sequence[In],
+        *,
+        deadline: float,
+        is_abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Batched[Out]:
+        """Like `submit`, with the batch's size and timings."""
         if self._closing:
             raise ShuttingDown(f"model {self.name} is shutting down")
         if len(items) > self.max_batch_size:
@@ -108,7 +129,7 @@ class DynamicBatcher(Generic[In, Out]):
         if deadline <= now:
             self._observer.timed_out()
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Batched[Out]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(items, future, now, deadline, is_abandoned))
         self._queued_items += len(items)
         self._observer.queue_depth(self._queued_items)
@@ -205,5 +226,12 @@ class DynamicBatcher(Generic[In, Out]):
         for pending in batch:
             n = len(pending.items)
             if not pending.future.done():
-                pending.future.set_result(outputs[offset : offset + n])
+                pending.future.set_result(
+                    Batched(
+                        outputs[offset : offset + n],
+                        batch_size=len(items),
+                        queue_s=started - pending.enqueued_at,
+                        inference_s=elapsed,
+                    )
+                )
             offset += n

@@ -51,6 +51,18 @@ class ModelHandler(ABC, Generic[Item, Pred]):
         """V2 output tensors by output name, batch dimension first."""
 
     @abstractmethod
+    def instance_key(self, item: Item) -> bytes:
+        """A canonical encoding of one decoded instance: equal inputs give equal bytes."""
+
+    @abstractmethod
+    def encode_prediction(self, prediction: Pred) -> bytes:
+        """A compact binary form of one prediction, for the cache."""
+
+    @abstractmethod
+    def decode_prediction(self, data: bytes) -> Pred:
+        """The inverse of `encode_prediction`; raises ValueError on foreign bytes."""
+
+    @abstractmethod
     def preprocess(self, items: list[Item]) -> Prepared:
         """Items to the model's CPU input tensors (torch thread)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from service.runtime.handlers.base import ModelHandler, Prepared
 from service.runtime.manifest import Manifest
 
 _MAX_IMAGE_PIXELS = 4096 * 4096
+_LABEL = struct.Struct("<H")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,19 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
             "label": np.array([p.label for p in predictions], dtype=np.int64),
             "probabilities": np.stack([p.probabilities for p in predictions]),
         }
+
+    def instance_key(self, item: np.ndarray) -> bytes:
+        # After decoding: nested, flat and image inputs of the same pixels share one key.
+        return np.ascontiguousarray(item, dtype=np.float32).tobytes()
+
+    def encode_prediction(self, prediction: Classification) -> bytes:
+        return _LABEL.pack(prediction.label) + prediction.probabilities.astype("<f4").tobytes()
+
+    def decode_prediction(self, data: bytes) -> Classification:
+        if len(data) != _LABEL.size + 4 * len(self.labels or range(10)):
+            raise ValueError("not an encoded classification")
+        (label,) = _LABEL.unpack_from(data)
+        return Classification(label, np.frombuffer(data, dtype="<f4", offset=_LABEL.size))
 
     def preprocess(self, items: list[np.ndarray]) -> Prepared:
         batch = np.stack(items)[:, None, :, :] / self.max_value

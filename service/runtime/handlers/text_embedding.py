@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from tokenizers import Tokenizer
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import ModelHandler, Prepared
 from service.runtime.manifest import Manifest
+
+_HEADER = struct.Struct("<H?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,20 @@ class TextEmbeddingHandler(ModelHandler[str, Embedding]):
             "embedding": np.stack([p.vector for p in predictions]),
             "truncated": np.array([p.truncated for p in predictions], dtype=np.bool_),
         }
+
+    def instance_key(self, item: str) -> bytes:
+        return item.encode("utf-8")
+
+    def encode_prediction(self, prediction: Embedding) -> bytes:
+        header = _HEADER.pack(prediction.tokens, prediction.truncated)
+        return header + prediction.vector.astype("<f4").tobytes()
+
+    def decode_prediction(self, data: bytes) -> Embedding:
+        if len(data) <= _HEADER.size or (len(data) - _HEADER.size) % 4:
+            raise ValueError("not an encoded embedding")
+        tokens, truncated = _HEADER.unpack_from(data)
+        vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size)
+        return Embedding(vector, tokens, truncated)
 
     def preprocess(self, items: list[str]) -> Prepared:
         encodings = self.tokenizer.encode_batch(items)
