@@ -13,15 +13,48 @@ from service import __version__
 from service.api.deps import AppState
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import ops, v1, v2
+from service.api.routes import admin, ops, v1, v2
 from service.config import Settings, get_settings
 from service.lifecycle import Lifecycle
 from service.observability.logging import configure_logging
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import TorchThread
 from service.runtime.registry import ModelRegistry
+from service.storage import migrate
+from service.storage.breaker import CircuitBreaker
+from service.storage.cache import NullCache, PredictionCache, RedisCache
+from service.storage.prediction_log import NullLog, PostgresLog, PredictionLog
 
 logger = logging.getLogger(__name__)
+
+
+def build_cache(settings: Settings) -> PredictionCache:
+    if settings.redis_url is None:
+        return NullCache()
+    return RedisCache(
+        settings.redis_url.get_secret_value(),
+        timeout_s=settings.redis_timeout_ms / 1000,
+        breaker=CircuitBreaker(
+            failure_threshold=settings.cache_breaker_failures,
+            reset_timeout_s=settings.cache_breaker_reset_s,
+        ),
+    )
+
+
+def build_prediction_log(settings: Settings) -> PredictionLog:
+    if settings.database_url is None:
+        return NullLog()
+    conninfo = settings.database_url.get_secret_value()
+
+    async def prepare() -> None:
+        await migrate.upgrade(conninfo)
+
+    return PostgresLog(
+        conninfo,
+        spool_dir=settings.spool_dir,
+        queue_size=settings.log_queue_size,
+        prepare=prepare if settings.db_auto_upgrade else None,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,8 +76,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry = ModelRegistry(settings, torch_thread, device)
         lifecycle = Lifecycle(drain_delay_s=settings.drain_delay_s)
-        app.state.torchdock = AppState(settings=settings, registry=registry, lifecycle=lifecycle)
+        cache = build_cache(settings)
+        prediction_log = build_prediction_log(settings)
+        app.state.torchdock = AppState(
+            settings=settings,
+            registry=registry,
+            lifecycle=lifecycle,
+            cache=cache,
+            prediction_log=prediction_log,
+        )
         lifecycle.install_sigterm_hook(asyncio.get_running_loop())
+        await prediction_log.start()
         await registry.load_all()
         logger.info("readiness", extra={"ready": registry.ready})
         try:
@@ -52,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             lifecycle.begin_drain()
             await registry.stop()
+            await prediction_log.stop()
+            await cache.close()
             torch_thread.shutdown()
             lifecycle.uninstall()
             logger.info("worker stopped")
@@ -66,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(v1.router)
     app.include_router(ops.router)
+    app.include_router(admin.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from service.config import ConfigError, Settings, load_settings
 
@@ -66,6 +69,55 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(value: SecretStr | None, name: str) -> str:
+    if value is None:
+        print(f"torchdock: {name} is not set", file=sys.stderr)
+        raise SystemExit(2)
+    return value.get_secret_value()
+
+
+def _cache_purge(args: argparse.Namespace) -> int:
+    from service.storage.cache import purge
+
+    url = _require(_settings_or_exit().redis_url, "REDIS_URL")
+    removed = asyncio.run(purge(url, model=args.model, version=args.version))
+    print(f"removed {removed} cached predictions")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from service.storage import migrate
+
+    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    applied = asyncio.run(migrate.upgrade(conninfo, target=args.to))
+    version = asyncio.run(migrate.current_version(conninfo))
+    print(f"applied {applied or 'nothing'}; schema at version {version}")
+    return 0
+
+
+def _db_prune(args: argparse.Namespace) -> int:
+    from service.storage.maintenance import parse_duration, prune
+
+    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    removed = asyncio.run(prune(conninfo, older_than=parse_duration(args.older_than)))
+    print(f"deleted {removed} rows older than {args.older_than}")
+    return 0
+
+
+def _db_stats(args: argparse.Namespace) -> int:
+    from service.storage.maintenance import parse_duration, stats
+
+    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    rows = asyncio.run(stats(conninfo, since=parse_duration(args.since)))
+    print(f"{'model':<12} {'version':>7} {'status':>6} {'requests':>9} {'mean ms':>8} {'hits':>6}")
+    for r in rows:
+        print(
+            f"{r['model_name']:<12} {r['model_version']:>7} {r['status_code']:>6}"
+            f" {r['requests']:>9} {r['mean_total_ms']:>8} {r['cache_hits']:>6}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchdock", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="print the effective settings, secrets masked")
     check.set_defaults(func=_check_config)
+
+    cache = commands.add_parser("cache", help="the Redis prediction cache").add_subparsers(
+        dest="cache_command", required=True
+    )
+    purge = cache.add_parser("purge", help="delete cached predictions")
+    purge.add_argument("--model")
+    purge.add_argument("--version", type=int)
+    purge.set_defaults(func=_cache_purge)
+
+    db = commands.add_parser("db", help="the Postgres prediction log").add_subparsers(
+        dest="db_command", required=True
+    )
+    upgrade = db.add_parser("upgrade", help="apply pending schema migrations")
+    upgrade.add_argument("--to", type=int, help="stop at this version")
+    upgrade.set_defaults(func=_db_upgrade)
+    prune_cmd = db.add_parser("prune", help="delete old rows (retention)")
+    prune_cmd.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
+    prune_cmd.set_defaults(func=_db_prune)
+    stats_cmd = db.add_parser("stats", help="counts per model, version and status")
+    stats_cmd.add_argument("--since", default="24h", help="window, e.g. 24h, 7d")
+    stats_cmd.set_defaults(func=_db_stats)
     return parser
 
 

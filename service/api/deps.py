@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from service.config import Settings
 from service.lifecycle import Lifecycle
 from service.runtime.registry import ModelRegistry
+from service.runtime.singleflight import SingleFlight
+from service.storage.cache import NullCache, PredictionCache
+from service.storage.prediction_log import NullLog, PredictionLog
 
 
 @dataclass
@@ -17,6 +20,9 @@ class AppState:
     settings: Settings
     registry: ModelRegistry
     lifecycle: Lifecycle
+    cache: PredictionCache = field(default_factory=NullCache)
+    prediction_log: PredictionLog = field(default_factory=NullLog)
+    single_flight: SingleFlight[Any, Any] = field(default_factory=SingleFlight)
 
 
 async def _state(request: Request) -> AppState:

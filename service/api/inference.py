@@ -1,9 +1,14 @@
-"""What V1 and V2 share: resolving the model, the deadline, and running a prediction."""
+"""What V1 and V2 share: the model, the deadline, the cache, and the prediction-log row."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -11,10 +16,15 @@ from fastapi import Request
 from starlette.responses import Response
 
 from service.api.deps import AppState
+from service.api.errors import problem_from_runtime
 from service.api.problems import Problem
 from service.observability import metrics
-from service.runtime.errors import ModelNotFound
+from service.observability.logging import request_id_var
+from service.runtime.batcher import Batched
+from service.runtime.errors import ModelNotFound, RuntimeProblem, TooManyInstances
 from service.runtime.model import LoadedModel
+from service.storage.cache import cache_key
+from service.storage.prediction_log import PredictionRow
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -50,24 +60,191 @@ def deadline_for(request: Request, state: AppState, started: float) -> float:
     return started + timeout
 
 
+@dataclass
+class Outcome:
+    predictions: list[Any]
+    cache_result: str  # hit, miss, partial or bypass
+    keys: list[str]
+    batched: Batched[Any] | None
+
+
+def _wants_bypass(request: Request) -> bool:
+    return "no-cache" in request.headers.get("cache-control", "").lower()
+
+
 async def predict(
     state: AppState, request: Request, model: LoadedModel, items: Sequence[Any], started: float
-) -> list[Any]:
+) -> Outcome:
     deadline = deadline_for(request, state, started)
-    predictions = await model.batcher.submit(
-        items, deadline=deadline, is_abandoned=request.is_disconnected
-    )
-    metrics.REQUEST_LATENCY.labels(model.name, str(model.version)).observe(
-        time.monotonic() - started
-    )
-    return predictions
+    if len(items) > model.batcher.max_batch_size:
+        # Checked on the request as sent: cache hits and duplicates do not make it smaller.
+        raise TooManyInstances(
+            f"{len(items)} instances exceed this model's max_batch_size"
+            f" of {model.batcher.max_batch_size}"
+        )
+    handler = model.handler
+    keys = [
+        cache_key(
+            model=model.name,
+            version=model.version,
+            artifact_sha256=model.manifest.sha256,
+            parameters=b"",
+            instance=handler.instance_key(item),
+        )
+        for item in items
+    ]
+    overrides = state.settings.overrides_for(model.name)
+    cacheable = state.cache.enabled and overrides.cache is not False
+    consult = cacheable and not _wants_bypass(request)
+    predictions: list[Any] = [None] * len(items)
+    if consult:
+        for index, raw in enumerate(await state.cache.get_many(keys)):
+            if raw is not None:
+                # A foreign entry counts as a miss, and is overwritten below.
+                with contextlib.suppress(ValueError):
+                    predictions[index] = handler.decode_prediction(raw)
+    missing = [i for i, p in enumerate(predictions) if p is None]
+    batched: Batched[Any] | None = None
+    if missing:
+
+        async def compute(subset: list[Any]) -> list[Any]:
+            nonlocal batched
+            batched = await model.batcher.submit_detailed(
+                subset, deadline=deadline, is_abandoned=request.is_disconnected
+            )
+            return batched.outputs
+
+        outputs, leaders = await state.single_flight.run(
+            [keys[i] for i in missing], [items[i] for i in missing], compute
+        )
+        for index, output in zip(missing, outputs, strict=True):
+            predictions[index] = output
+        if cacheable:
+            limit = state.settings.cache_max_value_bytes
+            entries = {}
+            for leader in leaders:
+                encoded = handler.encode_prediction(outputs[leader])
+                if len(encoded) <= limit:
+                    entries[keys[missing[leader]]] = encoded
+            await state.cache.set_many(
+                entries, ttl_s=overrides.cache_ttl_s or state.settings.cache_ttl_s
+            )
+    labels = (model.name, str(model.version))
+    if consult:
+        hits = len(items) - len(missing)
+        metrics.CACHE_RESULTS.labels(*labels, "hit").inc(hits)
+        metrics.CACHE_RESULTS.labels(*labels, "miss").inc(len(missing))
+        result = "hit" if not missing else "miss" if not hits else "partial"
+    else:
+        result = "bypass"
+    metrics.REQUEST_LATENCY.labels(*labels).observe(time.monotonic() - started)
+    return Outcome(predictions, result, keys, batched)
 
 
-def json_response(payload: Any, *, model: LoadedModel | None = None, status: int = 200) -> Response:
-    headers = {"X-Model-Version": str(model.version)} if model is not None else None
+def json_response(
+    payload: Any, *, model: LoadedModel | None = None, status: int = 200, cache: str | None = None
+) -> Response:
+    headers = {}
+    if model is not None:
+        headers["X-Model-Version"] = str(model.version)
+    if cache is not None:
+        headers["X-Cache"] = cache
     return Response(
         orjson.dumps(payload, option=_JSON_OPTIONS),
         status_code=status,
         media_type="application/json",
         headers=headers,
     )
+
+
+class PredictionRecord:
+    """Writes the prediction-log row of one request, whatever way the request ends.
+
+    Use as `with PredictionRecord(...) as record:`; set `model`, `outcome` and `response` as
+    they become known. Exceptions pass through after the row is recorded.
+    """
+
+    def __init__(self, state: AppState, request: Request, name: str, version: str | None) -> None:
+        self.state = state
+        self.request = request
+        self.name = name
+        self.version = version
+        self.started = time.monotonic()
+        self.created_at = dt.datetime.now(dt.UTC)
+        self.model: LoadedModel | None = None
+        self.outcome: Outcome | None = None
+        self.response: Response | None = None
+        self.instances = 0
+
+    def __enter__(self) -> PredictionRecord:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.state.prediction_log.enabled:
+            return
+        status, error_type = 200, None
+        if isinstance(exc, Problem):
+            status, error_type = exc.status, exc.slug
+        elif isinstance(exc, RuntimeProblem):
+            problem = problem_from_runtime(exc)
+            status, error_type = problem.status, problem.slug
+        elif exc is not None:
+            return  # cancelled, or a bug that the middleware reports; no row to trust
+        self.state.prediction_log.record(self._row(status, error_type))
+
+    def _row(self, status: int, error_type: str | None) -> PredictionRow:
+        settings = self.state.settings
+        outcome = self.outcome
+        batched = outcome.batched if outcome else None
+        version = self.model.version if self.model else _int_or_zero(self.version)
+        cap = settings.log_payload_max_bytes if settings.log_payloads else 0
+        input_payload = output_payload = None
+        if cap:
+            input_payload = self.request._body[:cap] if hasattr(self.request, "_body") else None
+            if self.response is not None:
+                output_payload = bytes(self.response.body[:cap])
+        client = self.request.client.host if self.request.client else None
+        return PredictionRow(
+            request_id=request_id_var.get() or "",
+            created_at=self.created_at,
+            model_name=self.name,
+            model_version=version,
+            client_addr=client,
+            status_code=status,
+            cache_result=outcome.cache_result if outcome else "bypass",
+            instances=len(outcome.keys) if outcome else self.instances,
+            batch_size=batched.batch_size if batched else None,
+            queue_ms=batched.queue_s * 1000 if batched else None,
+            inference_ms=batched.inference_s * 1000 if batched else None,
+            total_ms=(time.monotonic() - self.started) * 1000,
+            input_digest=_digest(k.encode() for k in outcome.keys) if outcome else None,
+            output_digest=_digest(_encoded(self.model, outcome)) if outcome else None,
+            input_payload=input_payload,
+            output_payload=output_payload,
+            payload_cap_bytes=cap,
+            replica_id=settings.replica_id,
+            error_type=error_type,
+        )
+
+
+def _encoded(model: LoadedModel | None, outcome: Outcome) -> list[bytes]:
+    if model is None:
+        return []
+    return [model.handler.encode_prediction(p) for p in outcome.predictions]
+
+
+def _digest(parts: Any) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _int_or_zero(version: str | None) -> int:
+    return int(version) if version and version.isdigit() else 0

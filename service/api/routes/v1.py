@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import State
-from service.api.inference import json_response, predict, resolve_model
+from service.api.inference import PredictionRecord, json_response, predict, resolve_model
 from service.api.schemas import PredictRequest
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -47,18 +46,21 @@ async def list_models(state: State) -> Response:
 async def _predict(
     state: State, request: Request, body: PredictRequest, name: str, version: str | None
 ) -> Response:
-    started = time.monotonic()
-    model = resolve_model(state, name, version)
-    items = model.handler.instances_from_json(body.instances)
-    predictions = await predict(state, request, model, items, started)
-    return json_response(
-        {
-            "model_name": model.name,
-            "model_version": str(model.version),
-            "predictions": model.handler.predictions_to_json(predictions),
-        },
-        model=model,
-    )
+    with PredictionRecord(state, request, name, version) as record:
+        record.instances = len(body.instances)
+        model = record.model = resolve_model(state, name, version)
+        items = model.handler.instances_from_json(body.instances)
+        outcome = record.outcome = await predict(state, request, model, items, record.started)
+        record.response = json_response(
+            {
+                "model_name": model.name,
+                "model_version": str(model.version),
+                "predictions": model.handler.predictions_to_json(outcome.predictions),
+            },
+            model=model,
+            cache=outcome.cache_result,
+        )
+        return record.response
 
 
 @router.post("/models/{name}:predict", summary="Predict with the model's default version")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,7 +9,13 @@ from starlette.responses import Response
 
 from service import __version__
 from service.api.deps import State
-from service.api.inference import json_response, parse_version, predict, resolve_model
+from service.api.inference import (
+    PredictionRecord,
+    json_response,
+    parse_version,
+    predict,
+    resolve_model,
+)
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
 from service.runtime.errors import ModelNotReady
@@ -90,24 +95,28 @@ async def version_ready(name: str, version: str, state: State) -> Response:
 async def _infer(
     state: State, request: Request, body: InferenceRequest, name: str, version: str | None
 ) -> Response:
-    started = time.monotonic()
-    model = resolve_model(state, name, version)
-    manifest = model.manifest
-    tensors = decode_inputs(body.inputs, manifest.inputs)
-    items = model.handler.instances_from_tensors(tensors)
-    requested = [o.name for o in body.outputs] if body.outputs is not None else None
-    # Checked before compute, so that a bad `outputs` list costs no forward pass.
-    selected = select_outputs(manifest.outputs, requested)
-    predictions = await predict(state, request, model, items, started)
-    outputs = encode_outputs(model.handler.predictions_to_tensors(predictions), selected)
-    payload: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "outputs": outputs,
-    }
-    if body.id is not None:
-        payload["id"] = body.id
-    return json_response(payload, model=model)
+    with PredictionRecord(state, request, name, version) as record:
+        model = record.model = resolve_model(state, name, version)
+        manifest = model.manifest
+        tensors = decode_inputs(body.inputs, manifest.inputs)
+        items = model.handler.instances_from_tensors(tensors)
+        record.instances = len(items)
+        requested = [o.name for o in body.outputs] if body.outputs is not None else None
+        # Checked before compute, so that a bad `outputs` list costs no forward pass.
+        selected = select_outputs(manifest.outputs, requested)
+        outcome = record.outcome = await predict(state, request, model, items, record.started)
+        outputs = encode_outputs(
+            model.handler.predictions_to_tensors(outcome.predictions), selected
+        )
+        payload: dict[str, Any] = {
+            "model_name": model.name,
+            "model_version": str(model.version),
+            "outputs": outputs,
+        }
+        if body.id is not None:
+            payload["id"] = body.id
+        record.response = json_response(payload, model=model, cache=outcome.cache_result)
+        return record.response
 
 
 @router.post("/models/{name}/infer", summary="Inference (default version)")
