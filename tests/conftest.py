@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import psycopg.conninfo
 import pytest
+import redis
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app
@@ -74,3 +79,41 @@ class serve:  # a context manager that reads like a function
     async def __aexit__(self, *exc: object) -> None:
         await self._client.aclose()
         await self._lifespan.__aexit__(*exc)
+
+
+# Real Redis and Postgres --------------------------------------------------------------------
+# Taken from TEST_REDIS_URL and TEST_DATABASE_URL (defaults: the local servers); scripts/test
+# starts them where they are not running. These fixtures never skip: a missing server is an
+# error, so that CI cannot pass without them.
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """An empty Redis database for this test."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    yield redis_server_url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    return os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for this test, dropped afterwards."""
+    name = f"torchdock_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(postgres_admin_url, dbname=name)
+    yield url
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -16,6 +16,12 @@ pytestmark = pytest.mark.integration
 ZEROS = [[0.0] * 8 for _ in range(8)]
 
 
+def distinct(count: int, *, corner: float = 0.0) -> list[list[list[float]]]:
+    """Different instances (identical ones are computed once: single-flight). Lists made with
+    different `corner` values share no instance."""
+    return [[[corner, *[i / count * 16] * 7], *[[i / count * 16] * 8] * 7] for i in range(count)]
+
+
 def _assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -186,10 +192,12 @@ async def test_queue_full_is_429_with_retry_after(make_settings: SettingsFactory
     )
     async with serve(settings) as http:
         first = asyncio.create_task(
-            http.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 60})
+            http.post("/v1/models/digits:predict", json={"instances": distinct(60)})
         )
         await asyncio.sleep(0.1)
-        r = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 10})
+        r = await http.post(
+            "/v1/models/digits:predict", json={"instances": distinct(10, corner=1.0)}
+        )
         problem = _assert_problem(r, 429, "queue-full")
         assert int(r.headers["retry-after"]) >= 1
         assert "full" in problem["detail"]

@@ -19,14 +19,19 @@ ZEROS = [[0.0] * 8 for _ in range(8)]
 LABELS = {"model_name": "digits", "model_version": "1"}
 
 
+def grid(i: int) -> list[list[float]]:
+    """A different instance for each i: identical ones are computed once (single-flight)."""
+    return [[float(i % 17)] * 8 for _ in range(8)]
+
+
 async def test_concurrent_requests_share_one_forward(make_settings: SettingsFactory) -> None:
     settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 300}})
     async with serve(settings) as http:
         before = (await http.get("/metrics")).text
         responses = await asyncio.gather(
             *(
-                http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
-                for _ in range(16)
+                http.post("/v1/models/digits:predict", json={"instances": [grid(i)]})
+                for i in range(16)
             )
         )
         after = (await http.get("/metrics")).text
@@ -46,7 +51,10 @@ async def test_batching_off_runs_one_request_per_forward(make_settings: Settings
     async with serve(settings) as http:
         before = (await http.get("/metrics")).text
         responses = await asyncio.gather(
-            *(http.post("/v1/models/digits:predict", json={"instances": [ZEROS]}) for _ in range(6))
+            *(
+                http.post("/v1/models/digits:predict", json={"instances": [grid(i)]})
+                for i in range(6)
+            )
         )
         after = (await http.get("/metrics")).text
     assert all(r.status_code == 200 for r in responses)

@@ -1,0 +1,224 @@
+"""The Postgres prediction log with a real Postgres: rows, outages, spool replay, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.storage import migrate
+from tests.conftest import SettingsFactory, serve
+from tests.faults import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+PREDICT = "/v1/models/digits:predict"
+ZEROS = [[0.0] * 8 for _ in range(8)]
+
+
+def rows(database_url: str, sql: str = "SELECT * FROM predictions") -> list[dict[str, object]]:
+    with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def proxied(database_url: str, proxy: TcpProxy) -> str:
+    return psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port)
+
+
+def target_of(database_url: str) -> tuple[str, int]:
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    return str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))
+
+
+async def wait_for_rows(database_url: str, expected: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    count = -1
+    while time.monotonic() < deadline:
+        count = len(rows(database_url, "SELECT request_id FROM predictions"))
+        if count >= expected:
+            return count
+        await asyncio.sleep(0.2)
+    return count
+
+
+async def test_rows_have_the_right_fields(
+    make_settings: SettingsFactory, database_url: str, tmp_path: Path, redis_url: str
+) -> None:
+    settings = make_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        spool_dir=tmp_path / "spool",
+        log_payloads=True,
+        log_payload_max_bytes=64,
+    )
+    async with serve(settings) as http:
+        two = {"instances": [ZEROS, [[1.0] * 8] * 8]}
+        ok = await http.post(PREDICT, json=two, headers={"X-Request-ID": "row-ok"})
+        again = await http.post(PREDICT, json=two, headers={"X-Request-ID": "row-hit"})
+        bad = await http.post(
+            PREDICT, json={"instances": [[1, 2]]}, headers={"X-Request-ID": "row-bad"}
+        )
+        missing = await http.post(
+            "/v1/models/nope:predict",
+            json={"instances": [ZEROS]},
+            headers={"X-Request-ID": "row-404"},
+        )
+        assert [ok.status_code, again.status_code, bad.status_code, missing.status_code] == [
+            200, 200, 422, 404,
+        ]  # fmt: skip
+        assert await wait_for_rows(database_url, 4) == 4
+    by_id = {r["request_id"]: r for r in rows(database_url)}
+    row = by_id["row-ok"]
+    assert (row["model_name"], row["model_version"], row["status_code"]) == ("digits", 1, 200)
+    assert row["cache_result"] == "miss"
+    assert row["instances"] == 2
+    assert row["batch_size"] == 2
+    assert row["client_addr"] == "127.0.0.1"
+    assert row["replica_id"] == "test-replica"
+    assert 0 <= row["queue_ms"] <= row["total_ms"]
+    assert 0 < row["inference_ms"] <= row["total_ms"]
+    assert len(row["input_digest"]) == 32 and len(row["output_digest"]) == 32
+    assert row["payload_cap_bytes"] == 64
+    assert bytes(row["input_payload"]) == ok.request.content[:64]
+    assert bytes(row["output_payload"]) == ok.content[:64]
+    hit = by_id["row-hit"]
+    assert hit["cache_result"] == "hit"
+    assert hit["batch_size"] is None
+    assert hit["input_digest"] == row["input_digest"]
+    assert hit["output_digest"] == row["output_digest"]
+    assert (by_id["row-bad"]["status_code"], by_id["row-bad"]["error_type"]) == (
+        422,
+        "invalid-input",
+    )
+    assert by_id["row-404"]["error_type"] == "model-not-found"
+    assert by_id["row-404"]["model_version"] == 0
+
+
+async def test_outage_of_1000_requests_loses_no_row(
+    make_settings: SettingsFactory, database_url: str, tmp_path: Path
+) -> None:
+    proxy = TcpProxy(*target_of(database_url))
+    settings = make_settings(
+        database_url=proxied(database_url, proxy), spool_dir=tmp_path / "spool"
+    )
+    try:
+        async with serve(settings) as http:
+            await http.post(PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "pre"})
+            assert await wait_for_rows(database_url, 1) == 1
+            proxy.down()
+            statuses = []
+            for start in range(0, 1000, 50):
+                batch = await asyncio.gather(
+                    *(
+                        http.post(
+                            PREDICT,
+                            json={"instances": [ZEROS]},
+                            headers={"X-Request-ID": f"outage-{i}"},
+                        )
+                        for i in range(start, start + 50)
+                    )
+                )
+                statuses += [r.status_code for r in batch]
+            assert statuses == [200] * 1000  # predictions kept being served
+            assert list((tmp_path / "spool").glob("*.jsonl")), "rows must be on the spool"
+            proxy.up()
+            assert await wait_for_rows(database_url, 1001, timeout=60) == 1001
+    finally:
+        proxy.close()
+    ids = [r["request_id"] for r in rows(database_url, "SELECT request_id FROM predictions")]
+    assert len(ids) == len(set(ids)) == 1001
+    assert {f"outage-{i}" for i in range(1000)} <= set(ids)
+    assert list((tmp_path / "spool").glob("*.jsonl")) == []
+
+
+async def test_graceful_shutdown_flushes_to_the_spool(
+    make_settings: SettingsFactory, database_url: str, tmp_path: Path
+) -> None:
+    proxy = TcpProxy(*target_of(database_url))
+    spool = tmp_path / "spool"
+    settings = make_settings(database_url=proxied(database_url, proxy), spool_dir=spool)
+    try:
+        proxy.down()
+        async with serve(settings) as http:
+            for i in range(20):
+                await http.post(
+                    PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": f"s-{i}"}
+                )
+        lines = [
+            json.loads(line) for p in spool.glob("*.jsonl") for line in p.read_text().splitlines()
+        ]
+        assert sorted(row["request_id"] for row in lines) == sorted(f"s-{i}" for i in range(20))
+        # A later worker replays what the stopped one left behind.
+        proxy.up()
+        async with serve(settings):
+            assert await wait_for_rows(database_url, 20) == 20
+    finally:
+        proxy.close()
+
+
+def test_migrations_upgrade_empty_and_previous(database_url: str) -> None:
+    latest = len(migrate.available())
+    assert latest >= 2
+    assert asyncio.run(migrate.upgrade(database_url, target=latest - 1)) == list(range(1, latest))
+    assert asyncio.run(migrate.current_version(database_url)) == latest - 1
+    assert asyncio.run(migrate.upgrade(database_url)) == [latest]
+    assert asyncio.run(migrate.upgrade(database_url)) == []  # idempotent
+    columns = {
+        r["column_name"]
+        for r in rows(
+            database_url,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'predictions'",
+        )
+    }
+    assert {"request_id", "created_at", "replica_id", "error_type"} <= columns
+
+
+def test_db_commands(database_url: str) -> None:
+    torchdock = str(Path(sys.executable).parent / "torchdock")
+    env = {"DATABASE_URL": database_url, "PATH": ""}
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [torchdock, *args], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert "schema at version 2" in run("db", "upgrade")
+    with psycopg.connect(database_url) as conn:
+        for i, age in enumerate(("40 days", "1 hour", "2 hours")):
+            conn.execute(
+                "INSERT INTO predictions (request_id, created_at, model_name, model_version,"
+                " status_code, cache_result, instances, total_ms, payload_cap_bytes)"
+                f" VALUES (%s, now() - interval '{age}', 'digits', 1, 200, 'miss', 1, 1.0, 0)",
+                (f"r{i}",),
+            )
+    stats = run("db", "stats", "--since", "7d")
+    assert "digits" in stats and " 2 " in stats
+    assert "deleted 1 rows" in run("db", "prune", "--older-than", "30d")
+    assert len(rows(database_url)) == 2
+
+
+async def test_prediction_lookup(
+    make_settings: SettingsFactory, database_url: str, tmp_path: Path
+) -> None:
+    base = {"database_url": database_url, "spool_dir": tmp_path / "spool"}
+    async with serve(make_settings(**base)) as http:
+        await http.post(PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "look"})
+        assert (await http.get("/v1/predictions/look")).status_code == 404  # off by default
+    settings = make_settings(**base, prediction_lookup=True, admin_token="s3cret-token")
+    async with serve(settings) as http:
+        assert await wait_for_rows(database_url, 1) == 1
+        assert (await http.get("/v1/predictions/look")).status_code == 401
+        wrong = await http.get("/v1/predictions/look", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        auth = {"Authorization": "Bearer s3cret-token"}
+        found = await http.get("/v1/predictions/look", headers=auth)
+        assert found.status_code == 200
+        assert found.json()["rows"][0]["model_name"] == "digits"
+        assert (await http.get("/v1/predictions/absent", headers=auth)).status_code == 404
