@@ -58,6 +58,15 @@ async def _on_runtime(request: Request, exc: Exception) -> Response:
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
+    if "inference-header-content-length" in request.headers:
+        return problem_response(
+            Problem(
+                400,
+                "binary-data-unsupported",
+                "Binary tensors not supported",
+                "the binary tensor data extension is not supported: send JSON tensors",
+            )
+        )
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if not (content_type == "application/json" or content_type.endswith("+json")):
         return problem_response(

@@ -11,7 +11,7 @@ from service.api.deps import State
 from service.api.inference import PredictionRecord, json_response, predict, resolve_model
 from service.api.schemas import PredictRequest
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False)
 
 
 @router.get("/models", summary="Every model served here, with its versions and state")

@@ -21,7 +21,8 @@ from service.api.tensors import decode_inputs, encode_outputs, select_outputs
 from service.runtime.errors import ModelNotReady
 from service.runtime.registry import VersionState
 
-router = APIRouter(prefix="/v2", tags=["v2"])
+# V2 clients (tritonclient, for one) send JSON without a Content-Type: parse it anyway.
+router = APIRouter(prefix="/v2", tags=["v2"], strict_content_type=False)
 PLATFORM = "pytorch_torchexport"
 
 
