@@ -39,6 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
         )
         return 0
+    # oneDNN caches a compiled primitive per input shape, 1,024 by default. Variable batch
+    # sizes and sentence lengths make thousands of shapes, and RSS grew 20% in a 10-minute
+    # soak; 32 primitives held it flat at no measurable cost in speed.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
     # Must be set before prometheus_client is first imported, here and in every worker.
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="torchdock-metrics-"
