@@ -93,12 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             lifecycle.begin_drain()
-            await registry.stop()
-            await prediction_log.stop()
-            await cache.close()
-            torch_thread.shutdown()
-            lifecycle.uninstall()
-            logger.info("worker stopped")
+            try:
+                await registry.stop()
+            finally:
+                # Whatever happened above, the queued log rows still go somewhere durable.
+                await prediction_log.stop()
+                await cache.close()
+                torch_thread.shutdown()
+                lifecycle.uninstall()
+                logger.info("worker stopped")
 
     app = FastAPI(
         title="torchdock",

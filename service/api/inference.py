@@ -115,7 +115,7 @@ async def predict(
             return batched.outputs
 
         outputs, leaders = await state.single_flight.run(
-            [keys[i] for i in missing], [items[i] for i in missing], compute
+            [keys[i] for i in missing], [items[i] for i in missing], compute, deadline=deadline
         )
         for index, output in zip(missing, outputs, strict=True):
             predictions[index] = output
@@ -212,7 +212,7 @@ class PredictionRecord:
         return PredictionRow(
             request_id=request_id_var.get() or "",
             created_at=self.created_at,
-            model_name=self.name,
+            model_name=self.name.replace("\x00", "")[:200],  # a URL can carry anything
             model_version=version,
             client_addr=client,
             status_code=status,
@@ -247,4 +247,7 @@ def _digest(parts: Any) -> str:
 
 
 def _int_or_zero(version: str | None) -> int:
-    return int(version) if version and version.isdigit() else 0
+    """A version from the URL, as the log's integer column can hold it (0 when it cannot)."""
+    if version and version.isdigit() and int(version) < 2**31:
+        return int(version)
+    return 0

@@ -195,7 +195,11 @@ class DynamicBatcher(Generic[In, Out]):
                 pending.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
                 continue
             if pending.is_abandoned is not None and await pending.is_abandoned():
-                pending.future.set_exception(ClientDisconnected("the client disconnected"))
+                # That await let the request's own deadline fire: the future may be done now.
+                if not pending.future.done():
+                    pending.future.set_exception(ClientDisconnected("the client disconnected"))
+                continue
+            if pending.future.done():
                 continue
             live.append(pending)
         return live

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,8 @@ from service.observability import metrics
 from service.storage.spool import Spool, read_lines
 
 logger = logging.getLogger(__name__)
+
+_PREPARE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,7 @@ class PostgresLog:
     # The hot path -----------------------------------------------------------------------
 
     def record(self, row: PredictionRow) -> None:
-        """Never blocks and never raises for lack of room: a full queue spills to the spool."""
+        """Never blocks and never raises: a full queue spills to the spool."""
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -173,9 +174,7 @@ class PostgresLog:
         """Flush the queue to Postgres, or to the spool when Postgres does not take it."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         remaining, self._pending = self._pending, []
         while not self._queue.empty():
             remaining.append(self._queue.get_nowait())
@@ -189,19 +188,26 @@ class PostgresLog:
 
     async def _write_loop(self) -> None:
         while True:
-            self._pending = batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._flush_interval_s
-            while len(batch) < self._batch_size:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
-            await self._write(batch)
-            self._pending = []
+            try:
+                await self._write_once()
+            except Exception:
+                logger.exception("prediction log: writer iteration failed")
+                await asyncio.sleep(self._flush_interval_s)
+
+    async def _write_once(self) -> None:
+        self._pending = batch = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self._flush_interval_s
+        while len(batch) < self._batch_size:
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                break
+        metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
+        await self._write(batch)
+        self._pending = []
 
     async def _write(self, rows: list[PredictionRow]) -> None:
         if not self._db_up:
@@ -213,45 +219,85 @@ class PostgresLog:
             self._to_spool(rows)
 
     async def _insert(self, rows: list[PredictionRow]) -> bool:
+        """True once Postgres holds every row (rows it refuses go to the dead-letter file)."""
         try:
-            async with asyncio.timeout(self._write_timeout_s):
-                async with self._pool.connection() as conn, conn.cursor() as cursor:
-                    await cursor.executemany(INSERT_SQL, [row.values() for row in rows])
+            await self._execute(rows)
+        except (psycopg.DataError, psycopg.IntegrityError):
+            # One bad row must not pass for an outage, nor keep the good ones out.
+            for row in rows:
+                try:
+                    await self._execute([row])
+                except (psycopg.DataError, psycopg.IntegrityError) as e:
+                    self._dead_letter(row, e)
+                except (psycopg.Error, OSError, TimeoutError) as e:
+                    return self._down(e)
+            return True
         except (psycopg.Error, OSError, TimeoutError) as e:
-            metrics.LOG_WRITE_ERRORS.inc()
-            if self._db_up:
-                logger.warning("prediction log: Postgres unavailable (%s); spooling rows", e)
-            self._db_up = False
-            return False
+            return self._down(e)
         return True
 
+    async def _execute(self, rows: list[PredictionRow]) -> None:
+        async with asyncio.timeout(self._write_timeout_s):
+            async with self._pool.connection() as conn, conn.cursor() as cursor:
+                await cursor.executemany(INSERT_SQL, [row.values() for row in rows])
+
+    def _dead_letter(self, row: PredictionRow, error: Exception) -> None:
+        logger.error("prediction log: Postgres refused row %s: %s", row.request_id, error)
+        metrics.LOG_ROWS.labels("dead_letter").inc()
+        with (self._spool.directory / "dead-letter.jsonl.rejected").open("ab") as f:
+            f.write(row.to_json() + b"\n")
+
+    def _down(self, e: Exception) -> bool:
+        metrics.LOG_WRITE_ERRORS.inc()
+        if self._db_up:
+            logger.warning("prediction log: Postgres unavailable (%s); spooling rows", e)
+        self._db_up = False
+        return False
+
     def _to_spool(self, rows: list[PredictionRow]) -> None:
-        self._spool.append([row.to_json() for row in rows])
+        try:
+            self._spool.append([row.to_json() for row in rows])
+        except OSError as e:
+            # The disk refused too (full, read-only): say so loudly, never fail a request.
+            logger.error("prediction log: %d rows lost, the spool refused them: %s", len(rows), e)
+            metrics.LOG_ROWS.labels("lost").inc(len(rows))
+            return
         metrics.LOG_ROWS.labels("spooled").inc(len(rows))
 
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self._sync_interval_s)
-            await asyncio.to_thread(self._spool.sync)
+            try:
+                await asyncio.to_thread(self._spool.sync)
+            except OSError:
+                logger.exception("prediction log: spool fsync failed")
 
     async def _replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self._replay_interval_s)
-            metrics.LOG_SPOOL_BYTES.set(self._spool.pending_bytes())
-            if not self._db_up and not await self._probe():
-                continue
-            self._spool.rotate()
-            for path in self._spool.claim():
-                if not await self._replay(path):
-                    break
-            metrics.LOG_SPOOL_BYTES.set(self._spool.pending_bytes())
+            try:
+                await self._replay_once()
+            except Exception:
+                logger.exception("prediction log: replay iteration failed")
+
+    async def _replay_once(self) -> None:
+        metrics.LOG_SPOOL_BYTES.set(self._spool.pending_bytes())
+        if not self._db_up and not await self._probe():
+            return
+        self._spool.rotate()
+        for path in self._spool.claim():
+            if not await self._replay(path):
+                break
+        metrics.LOG_SPOOL_BYTES.set(self._spool.pending_bytes())
 
     async def _probe(self, *, quiet: bool = False) -> bool:
         try:
             async with asyncio.timeout(self._write_timeout_s * 5):
                 async with self._pool.connection() as conn:
                     await conn.execute("SELECT 1")
-                if self._prepare is not None:
+            if self._prepare is not None:
+                # Its own, longer bound: a migration, or waiting for another worker's.
+                async with asyncio.timeout(_PREPARE_TIMEOUT_S):
                     await self._prepare()
         except (psycopg.Error, OSError, TimeoutError) as e:
             if quiet:

@@ -1,10 +1,12 @@
 """An append-only spool on local disk for prediction-log rows that Postgres could not take.
 
-Each worker appends to its own `active-<pid>.jsonl`; a background task fsyncs it in batches.
-Replay first rotates the active file to `ready-<pid>-<n>.jsonl`, then claims ready files (and
-files of workers that died) by renaming them to `replaying-<pid>-...`, so that two workers
-never replay the same file. A row is deleted from disk only after Postgres committed it, and
-inserts ignore rows already present, so a replay cut short by a crash can simply run again.
+Each worker appends to its own `active-<owner>.jsonl`, where the owner is `<pid>.<boot id>`
+(a PID can be reused by a later process on the same volume; the boot id cannot). A background
+task fsyncs it in batches. Replay first rotates the active file to `ready-<owner>-<n>.jsonl`,
+then claims ready files (and files of workers that died) by renaming them to
+`replaying-<owner>-...`, so that two live workers never replay the same file. A file is deleted
+only after Postgres committed its rows, and inserts ignore rows already present, so a replay cut
+short by a crash can simply run again.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ import itertools
 import logging
 import os
 import re
+import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 logger = logging.getLogger(__name__)
 
-_ACTIVE = re.compile(r"^active-(\d+)\.jsonl$")
-_READY = re.compile(r"^ready-(\d+)-\d+\.jsonl$")
-_REPLAYING = re.compile(r"^replaying-(\d+)-.+\.jsonl$")
+_OWNER = r"(\d+)\.([0-9a-f]+)"
+_ACTIVE = re.compile(rf"^active-{_OWNER}\.jsonl$")
+_READY = re.compile(rf"^ready-{_OWNER}-\d+\.jsonl$")
+_REPLAYING = re.compile(rf"^replaying-{_OWNER}-.+\.jsonl$")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,52 +45,69 @@ class Spool:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._pid = os.getpid()
-        self._active = directory / f"active-{self._pid}.jsonl"
+        self._boot = secrets.token_hex(4)
+        self.owner = f"{self._pid}.{self._boot}"
+        self._active = directory / f"active-{self.owner}.jsonl"
         self._file: IO[bytes] | None = None
         self._dirty = False
         self._sequence = itertools.count()
+        # append() runs on the event loop, sync() in a thread: one lock orders them.
+        self._lock = threading.Lock()
+
+    def _is_mine(self, pid: int, boot: str) -> bool:
+        return pid == self._pid and boot == self._boot
+
+    def _owner_alive(self, pid: int, boot: str) -> bool:
+        if pid == self._pid:
+            return boot == self._boot  # same PID, other boot id: a dead earlier process
+        return _pid_alive(pid)
 
     def append(self, lines: list[bytes]) -> None:
         """Write rows (one JSON document each) now; `sync()` makes them durable."""
-        if self._file is None:
-            self._file = self._active.open("ab")
-        self._file.write(b"".join(line + b"\n" for line in lines))
-        self._file.flush()
-        self._dirty = True
+        data = b"".join(line + b"\n" for line in lines)
+        with self._lock:
+            if self._file is None:
+                self._file = self._active.open("ab")
+            self._file.write(data)
+            self._file.flush()
+            self._dirty = True
 
     def sync(self) -> None:
-        if self._file is not None and self._dirty:
-            os.fsync(self._file.fileno())
-            self._dirty = False
+        with self._lock:
+            if self._file is not None and self._dirty:
+                self._dirty = False
+                os.fsync(self._file.fileno())
 
     def rotate(self) -> None:
         """Close the active file and make it replayable."""
-        if self._file is None:
-            return
-        self.sync()
-        self._file.close()
-        self._file = None
-        ready = self.directory / f"ready-{self._pid}-{next(self._sequence)}.jsonl"
-        self._active.rename(ready)
+        with self._lock:
+            if self._file is None:
+                return
+            os.fsync(self._file.fileno())
+            self._dirty = False
+            self._file.close()
+            self._file = None
+            ready = self.directory / f"ready-{self.owner}-{next(self._sequence)}.jsonl"
+            self._active.rename(ready)
         _fsync_dir(self.directory)
 
     def claim(self) -> Iterator[Path]:
         """Files this worker may replay now, each renamed to mark it as ours."""
         for path in sorted(self.directory.iterdir()):
             name = path.name
-            owner: int | None = None
-            for pattern in (_READY, _ACTIVE, _REPLAYING):
-                match = pattern.match(name)
-                if match:
-                    owner = int(match.group(1))
-                    break
-            if owner is None:
+            if (match := _REPLAYING.match(name)) is not None:
+                pid, boot = int(match.group(1)), match.group(2)
+                if self._is_mine(pid, boot):
+                    yield path  # a replay of ours that failed earlier: retry it as it is
+                    continue
+                if self._owner_alive(pid, boot):
+                    continue  # a live worker is replaying it
+            elif (match := _ACTIVE.match(name)) is not None:
+                if self._owner_alive(int(match.group(1)), match.group(2)):
+                    continue  # still being written
+            elif _READY.match(name) is None:
                 continue
-            if _ACTIVE.match(name) and (owner == self._pid or _alive(owner)):
-                continue  # still being written
-            if _REPLAYING.match(name) and _alive(owner):
-                continue  # a live worker is replaying it
-            claimed = self.directory / f"replaying-{self._pid}-{name}"
+            claimed = self.directory / f"replaying-{self.owner}-{name}"
             with contextlib.suppress(FileNotFoundError):  # another worker was faster
                 path.rename(claimed)
                 yield claimed
@@ -100,10 +120,11 @@ class Spool:
         return total
 
     def close(self) -> None:
-        if self._file is not None:
-            self.sync()
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
 
 
 def read_lines(path: Path) -> list[bytes]:

@@ -222,3 +222,27 @@ async def test_prediction_lookup(
         assert found.status_code == 200
         assert found.json()["rows"][0]["model_name"] == "digits"
         assert (await http.get("/v1/predictions/absent", headers=auth)).status_code == 404
+
+
+async def test_hostile_urls_still_give_valid_rows(
+    make_settings: SettingsFactory, database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url=database_url, spool_dir=tmp_path / "spool")
+    async with serve(settings) as http:
+        huge = await http.post(
+            "/v1/models/digits/versions/99999999999:predict",
+            json={"instances": [ZEROS]},
+            headers={"X-Request-ID": "huge-version"},
+        )
+        nul = await http.post(
+            "/v1/models/dig%00its:predict",
+            json={"instances": [ZEROS]},
+            headers={"X-Request-ID": "nul-name"},
+        )
+        good = await http.post(PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "ok"})
+        assert [huge.status_code, nul.status_code, good.status_code] == [404, 404, 200]
+        assert await wait_for_rows(database_url, 3) == 3
+    by_id = {r["request_id"]: r for r in rows(database_url)}
+    assert by_id["huge-version"]["model_version"] == 0
+    assert by_id["nul-name"]["model_name"] == "digits"
+    assert not list((tmp_path / "spool").glob("*.jsonl"))  # no batch mistaken for an outage

@@ -60,8 +60,9 @@ async def test_replay_after_a_partial_replay_creates_no_duplicates(
 ) -> None:
     await migrate.upgrade(database_url)
     dead_pid = 2**22 + 12345  # above pid_max: never a live process
+    dead_owner = f"{dead_pid}.0badc0de"
     spooled = [row(f"r{i}") for i in range(5)]
-    (tmp_path / f"replaying-{dead_pid}-ready-{dead_pid}-0.jsonl").write_bytes(
+    (tmp_path / f"replaying-{dead_owner}-ready-{dead_owner}-0.jsonl").write_bytes(
         b"".join(r.to_json() + b"\n" for r in spooled)
     )
     # It died after committing the first two rows of its replay.
