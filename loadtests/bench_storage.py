@@ -46,7 +46,8 @@ def _measure(
     warm: bool,
 ) -> LoadResult:
     log = Path(tempfile.mkdtemp(prefix="torchdock-bench-storage-")) / "server.log"
-    server = Server(repository, {"MODELS": f'["{model}"]', **env}, log)
+    # One worker: connections spread unevenly over several, which adds noise to the ratios.
+    server = Server(repository, {"MODELS": f'["{model}"]', "WORKERS": "1", **env}, log)
     try:
         server.wait_ready()
         path = f"/v1/models/{model}:predict"

@@ -223,19 +223,14 @@ class PredictionRecord:
             inference_ms=batched.inference_s * 1000 if batched else None,
             total_ms=(time.monotonic() - self.started) * 1000,
             input_digest=_digest(k.encode() for k in outcome.keys) if outcome else None,
-            output_digest=_digest(_encoded(self.model, outcome)) if outcome else None,
+            # The response body itself: a hit is byte-identical, so it digests the same.
+            output_digest=_digest([bytes(self.response.body)]) if self.response else None,
             input_payload=input_payload,
             output_payload=output_payload,
             payload_cap_bytes=cap,
             replica_id=settings.replica_id,
             error_type=error_type,
         )
-
-
-def _encoded(model: LoadedModel | None, outcome: Outcome) -> list[bytes]:
-    if model is None:
-        return []
-    return [model.handler.encode_prediction(p) for p in outcome.predictions]
 
 
 def _digest(parts: Any) -> str:

@@ -80,6 +80,7 @@ INSERT_SQL = (
     f" VALUES ({', '.join(['%s'] * len(COLUMNS))})"
     " ON CONFLICT (request_id, created_at) DO NOTHING"
 )
+COPY_SQL = f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN"
 
 
 class PredictionLog(Protocol):
@@ -218,10 +219,18 @@ class PostgresLog:
         else:
             self._to_spool(rows)
 
-    async def _insert(self, rows: list[PredictionRow]) -> bool:
-        """True once Postgres holds every row (rows it refuses go to the dead-letter file)."""
+    async def _insert(self, rows: list[PredictionRow], *, replay: bool = False) -> bool:
+        """True once Postgres holds every row (rows it refuses go to the dead-letter file).
+
+        New rows go in with COPY, several times cheaper per row than INSERT. A replay may
+        carry rows already present, so it inserts with ON CONFLICT DO NOTHING; so does the
+        fallback when a COPY hits a duplicate (a batch retried after a cancelled write).
+        """
         try:
-            await self._execute(rows)
+            if replay:
+                await self._execute(rows)
+            else:
+                await self._copy(rows)
         except (psycopg.DataError, psycopg.IntegrityError):
             # One bad row must not pass for an outage, nor keep the good ones out.
             for row in rows:
@@ -235,6 +244,16 @@ class PostgresLog:
         except (psycopg.Error, OSError, TimeoutError) as e:
             return self._down(e)
         return True
+
+    async def _copy(self, rows: list[PredictionRow]) -> None:
+        async with (
+            asyncio.timeout(self._write_timeout_s),
+            self._pool.connection() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(COPY_SQL) as copy,
+        ):
+            for row in rows:
+                await copy.write_row(row.values())
 
     async def _execute(self, rows: list[PredictionRow]) -> None:
         async with asyncio.timeout(self._write_timeout_s):
@@ -325,7 +344,7 @@ class PostgresLog:
             except (ValueError, TypeError) as e:
                 logger.error("prediction log: unreadable spool line in %s: %s", path.name, e)
         for start in range(0, len(rows), self._batch_size):
-            if not await self._insert(rows[start : start + self._batch_size]):
+            if not await self._insert(rows[start : start + self._batch_size], replay=True):
                 return False  # the file stays; it is claimed again on the next round
         path.unlink()
         metrics.LOG_ROWS.labels("replayed").inc(len(rows))

@@ -81,3 +81,21 @@ async def test_replay_after_a_partial_replay_creates_no_duplicates(
         ids = [r[0] for r in conn.execute("SELECT request_id FROM predictions").fetchall()]
     assert sorted(ids) == [f"r{i}" for i in range(5)]
     assert list(tmp_path.glob("*.jsonl")) == []
+
+
+async def test_a_batch_with_a_duplicate_still_lands_once(database_url: str, tmp_path: Path) -> None:
+    await migrate.upgrade(database_url)
+    log = PostgresLog(database_url, spool_dir=tmp_path)
+    await log.start()
+    try:
+        # The same row twice, as after a write that was cancelled midway and retried: the
+        # COPY fails on the key, and the fallback inserts what is missing.
+        for r in (row("dup"), row("dup"), row("other")):
+            log.record(r)
+    finally:
+        await log.stop()
+    with psycopg.connect(database_url) as conn:
+        ids = sorted(r[0] for r in conn.execute("SELECT request_id FROM predictions"))
+    assert ids == ["dup", "other"]
+    assert list(tmp_path.glob("*.jsonl")) == []
+    assert not (tmp_path / "dead-letter.jsonl.rejected").exists()
