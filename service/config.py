@@ -34,6 +34,7 @@ class ModelOverrides(BaseModel):
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
     cache: bool | None = None
     cache_ttl_s: Annotated[int, Field(ge=1)] | None = None
+    cache_max_value_bytes: Annotated[int, Field(ge=64)] | None = None
 
 
 class Settings(BaseSettings):

@@ -120,7 +120,7 @@ async def predict(
         for index, output in zip(missing, outputs, strict=True):
             predictions[index] = output
         if cacheable:
-            limit = state.settings.cache_max_value_bytes
+            limit = overrides.cache_max_value_bytes or state.settings.cache_max_value_bytes
             entries = {}
             for leader in leaders:
                 encoded = handler.encode_prediction(outputs[leader])

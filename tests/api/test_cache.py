@@ -181,3 +181,33 @@ async def test_purge_command(make_settings: SettingsFactory, redis_url: str) -> 
     assert "removed 2" in purge.stdout
     assert client.keys("torchdock:pred:v1:digits:*") == []
     assert len(client.keys("torchdock:pred:v1:minilm:*")) == 1
+
+
+async def test_per_model_policy(make_settings: SettingsFactory, redis_url: str) -> None:
+    settings = make_settings(
+        redis_url=redis_url,
+        models=[],
+        model_settings={
+            "digits": {"cache": False},
+            "minilm": {"cache_max_value_bytes": 1000, "cache_ttl_s": 7},
+        },
+    )
+    async with serve(settings) as http:
+        off = await http.post(PREDICT, json={"instances": [grid(3.0)]})
+        big = await http.post("/v1/models/minilm:predict", json={"instances": ["too big"]})
+        again = await http.post("/v1/models/minilm:predict", json={"instances": ["too big"]})
+    assert off.headers["x-cache"] == "bypass"
+    # A 384-float embedding is 1,539 bytes encoded: over this model's 1,000-byte limit.
+    assert (big.headers["x-cache"], again.headers["x-cache"]) == ("miss", "miss")
+    assert redis.Redis.from_url(redis_url).keys("torchdock:pred:*") == []
+
+
+async def test_entries_expire_with_the_models_ttl(
+    make_settings: SettingsFactory, redis_url: str
+) -> None:
+    settings = make_settings(redis_url=redis_url, model_settings={"digits": {"cache_ttl_s": 7}})
+    async with serve(settings) as http:
+        await http.post(PREDICT, json={"instances": [grid(5.0)]})
+    client = redis.Redis.from_url(redis_url)
+    (key,) = client.keys("torchdock:pred:v1:digits:*")
+    assert 0 < client.ttl(key) <= 7
