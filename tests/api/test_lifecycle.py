@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.config import Settings
 from service.models import digits
 from tests.conftest import SettingsFactory, serve
 from tests.prom import sample_value
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 ZEROS = [[0.0] * 8 for _ in range(8)]
 LABELS = {"model_name": "digits", "model_version": "1"}
+PREDICT = "/v1/models/digits:predict"
 
 
 def grid(i: int) -> list[list[float]]:
@@ -24,42 +26,30 @@ def grid(i: int) -> list[list[float]]:
     return [[float(i % 17)] * 8 for _ in range(8)]
 
 
-async def test_concurrent_requests_share_one_forward(make_settings: SettingsFactory) -> None:
-    settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 300}})
+async def concurrent_batches(settings: Settings, requests: int) -> tuple[float, float]:
+    """Send `requests` different single-instance requests at once; (forwards, instances)."""
     async with serve(settings) as http:
         before = (await http.get("/metrics")).text
         responses = await asyncio.gather(
-            *(
-                http.post("/v1/models/digits:predict", json={"instances": [grid(i)]})
-                for i in range(16)
-            )
+            *(http.post(PREDICT, json={"instances": [grid(i)]}) for i in range(requests))
         )
         after = (await http.get("/metrics")).text
     assert all(r.status_code == 200 for r in responses)
-    batches = sample_value(after, "torchdock_batch_size_count", **LABELS) - sample_value(
-        before, "torchdock_batch_size_count", **LABELS
-    )
-    instances = sample_value(after, "torchdock_batch_size_sum", **LABELS) - sample_value(
-        before, "torchdock_batch_size_sum", **LABELS
-    )
-    assert instances == 16
-    assert batches == 1
+
+    def delta(name: str) -> float:
+        return sample_value(after, name, **LABELS) - sample_value(before, name, **LABELS)
+
+    return delta("torchdock_batch_size_count"), delta("torchdock_batch_size_sum")
+
+
+async def test_concurrent_requests_share_one_forward(make_settings: SettingsFactory) -> None:
+    settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 300}})
+    assert await concurrent_batches(settings, 16) == (1, 16)
 
 
 async def test_batching_off_runs_one_request_per_forward(make_settings: SettingsFactory) -> None:
     settings = make_settings(model_settings={"digits": {"batching": False}})
-    async with serve(settings) as http:
-        before = (await http.get("/metrics")).text
-        responses = await asyncio.gather(
-            *(
-                http.post("/v1/models/digits:predict", json={"instances": [grid(i)]})
-                for i in range(6)
-            )
-        )
-        after = (await http.get("/metrics")).text
-    assert all(r.status_code == 200 for r in responses)
-    count = "torchdock_batch_size_count"
-    assert sample_value(after, count, **LABELS) - sample_value(before, count, **LABELS) == 6
+    assert await concurrent_batches(settings, 6) == (6, 6)
 
 
 async def test_draining_fails_readiness_but_finishes_in_flight(
