@@ -174,10 +174,16 @@ class PredictionRecord:
         self.model: LoadedModel | None = None
         self.outcome: Outcome | None = None
         self.response: Response | None = None
+        self.request_body: bytes | None = None
         self.instances = 0
 
     def __enter__(self) -> PredictionRecord:
         return self
+
+    async def capture_body(self) -> None:
+        """Keep the request body for the row, when payloads are logged (FastAPI caches it)."""
+        if self.state.prediction_log.enabled and self.state.settings.log_payloads:
+            self.request_body = await self.request.body()
 
     def __exit__(
         self,
@@ -205,7 +211,7 @@ class PredictionRecord:
         cap = settings.log_payload_max_bytes if settings.log_payloads else 0
         input_payload = output_payload = None
         if cap:
-            input_payload = self.request._body[:cap] if hasattr(self.request, "_body") else None
+            input_payload = self.request_body[:cap] if self.request_body is not None else None
             if self.response is not None:
                 output_payload = bytes(self.response.body[:cap])
         client = self.request.client.host if self.request.client else None

@@ -47,6 +47,7 @@ async def _predict(
     state: State, request: Request, body: PredictRequest, name: str, version: str | None
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
+        await record.capture_body()
         record.instances = len(body.instances)
         model = record.model = resolve_model(state, name, version)
         items = model.handler.instances_from_json(body.instances)

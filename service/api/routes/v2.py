@@ -97,6 +97,7 @@ async def _infer(
     state: State, request: Request, body: InferenceRequest, name: str, version: str | None
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
+        await record.capture_body()
         model = record.model = resolve_model(state, name, version)
         manifest = model.manifest
         tensors = decode_inputs(body.inputs, manifest.inputs)
