@@ -49,7 +49,13 @@ def ensure_repository(path: Path | None) -> Path:
 
 
 def measure_ceiling(
-    repository: Path, *, precision: str, threads: int, batch_sizes: list[int], seconds: float
+    repository: Path,
+    *,
+    precision: str,
+    threads: int,
+    batch_sizes: list[int],
+    seconds: float,
+    device_name: str = "cpu",
 ) -> dict[int, float]:
     """Sentences/s of the served code path (handler + artifact) with no server around it."""
     from service.runtime.device import choose_precision, resolve_device
@@ -60,7 +66,7 @@ def measure_ceiling(
     directory = repository / "minilm" / "1"
     manifest = Manifest.read(directory)
     torch_thread = TorchThread(threads=threads)
-    device = resolve_device("cpu")
+    device = resolve_device(device_name)
     choice = choose_precision(precision, manifest.precision, device, model="minilm")
     policy = BatchPolicy(enabled=True, max_batch_size=256, max_delay_s=0, max_queue_items=256)
 
@@ -103,6 +109,7 @@ def measure_layout_ceiling(
     threads: int,
     batch_sizes: list[int],
     seconds: float,
+    device_name: str = "cpu",
 ) -> dict[int, float]:
     """The ceiling of `workers` processes with `threads` torch threads each, run at once."""
     if workers == 1:
@@ -112,6 +119,7 @@ def measure_layout_ceiling(
             threads=threads,
             batch_sizes=batch_sizes,
             seconds=seconds,
+            device_name=device_name,
         )
     import multiprocessing
 
@@ -119,16 +127,26 @@ def measure_layout_ceiling(
     with context.Pool(workers) as pool:
         parts = pool.starmap(
             _ceiling_part,
-            [(repository, precision, threads, batch_sizes, seconds)] * workers,
+            [(repository, precision, threads, batch_sizes, seconds, device_name)] * workers,
         )
     return {b: sum(part[b] for part in parts) for b in batch_sizes}
 
 
 def _ceiling_part(
-    repository: Path, precision: str, threads: int, batch_sizes: list[int], seconds: float
+    repository: Path,
+    precision: str,
+    threads: int,
+    batch_sizes: list[int],
+    seconds: float,
+    device_name: str,
 ) -> dict[int, float]:
     return measure_ceiling(
-        repository, precision=precision, threads=threads, batch_sizes=batch_sizes, seconds=seconds
+        repository,
+        precision=precision,
+        threads=threads,
+        batch_sizes=batch_sizes,
+        seconds=seconds,
+        device_name=device_name,
     )
 
 
@@ -159,7 +177,7 @@ class Server:
                 **os.environ,
                 "MODEL_REPOSITORY": str(repository),
                 "MODELS": '["minilm"]',
-                "DEVICE": "cpu",
+                "DEVICE": os.environ.get("BENCH_DEVICE", "cpu"),
                 "LOG_LEVEL": "WARNING",
                 **env,
             },
@@ -282,7 +300,8 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "auto"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per point")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -298,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     repository = ensure_repository(args.repository)
     cpus = available_cpus()
-    defaults = load_settings(device="cpu")
+    os.environ["BENCH_DEVICE"] = args.device
+    defaults = load_settings(device=args.device)
     layouts = {(1, cpus), (defaults.effective_workers(), defaults.effective_torch_threads())}
     ceilings = {
         f"{w} proc x {t} threads": measure_layout_ceiling(
@@ -308,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=t,
             batch_sizes=args.batch_sizes,
             seconds=args.ceiling_seconds,
+            device_name=args.device,
         )
         for w, t in sorted(layouts)
     }
