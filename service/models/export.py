@@ -37,6 +37,9 @@ def write_version(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=target.parent))
     try:
+        # mkdtemp makes it private (0700); a model repository is read by other users too (the
+        # server's non-root user in the image, say).
+        staging.chmod(0o755)
         artifact = staging / "model.pt2"
         torch.export.save(program, str(artifact))
         for target_name, source in (extra_files or {}).items():

@@ -30,11 +30,18 @@ def discover(root: Path) -> dict[str, list[VersionRef]]:
         versions = [
             VersionRef(model_dir.name, int(v.name), v)
             for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file()
+            if v.is_dir() and v.name.isdigit() and _has_manifest(v)
         ]
         if versions:
             found[model_dir.name] = sorted(versions, key=lambda r: r.version)
     return found
+
+
+def _has_manifest(directory: Path) -> bool:
+    try:
+        return (directory / MANIFEST_FILE).is_file()
+    except OSError:
+        return True  # unreadable: keep it, so that loading it reports why, for this version alone
 
 
 def sha256_file(path: Path) -> str:
