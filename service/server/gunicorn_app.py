@@ -66,6 +66,9 @@ class TorchdockApplication(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": s.log_level.lower(),
             "proc_name": "torchdock",
+            # gunicorn's control socket (gunicornc) is unused here: no socket, no attack surface,
+            # and nothing to write on a read-only file system.
+            "control_socket_disable": True,
             "worker_tmp_dir": os.environ.get("TORCHDOCK_WORKER_TMP_DIR", "/dev/shm")
             if Path("/dev/shm").is_dir()
             else None,
