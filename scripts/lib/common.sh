@@ -25,3 +25,9 @@ install_torch() {
     "$@" install --extra-index-url "$TORCH_INDEX_URL" "$spec"
   fi
 }
+
+# The Docker CLI that has BuildKit here: Debian's client (the preinstalled /usr/local/bin one has
+# no buildx). Elsewhere, whatever `docker` is on PATH.
+docker_cli() {
+  if [[ -x /usr/bin/docker ]]; then /usr/bin/docker "$@"; else docker "$@"; fi
+}

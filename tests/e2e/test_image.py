@@ -1,0 +1,255 @@
+"""The CPU image, built for real with BuildKit and run on a real Docker engine.
+
+The engine and the base image come from scripts/docker-engine and scripts/base-image where no
+registry can be reached (`--local`); set TORCHDOCK_IMAGE_BASE=official to build from the
+official base instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.digits_data import held_out
+from tests.e2e.server import free_port
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+TAG = "torchdock:test"
+SIZE_BUDGET = 1_200_000_000
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+
+
+def docker(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DOCKER, *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
+def build(context: Path, *extra: str) -> str:
+    local = os.environ.get("TORCHDOCK_IMAGE_BASE", "local") == "local"
+    args = ["--local"] if local else []
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-image"), *args, *extra],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        env={**os.environ, "BUILDKIT_PROGRESS": "plain"},
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stderr
+
+
+@pytest.fixture(scope="session")
+def image() -> Iterator[str]:
+    engine = ROOT / "scripts" / "docker-engine"
+    started = subprocess.run([str(engine), "start"], capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        build(ROOT, TAG)
+        yield TAG
+    finally:
+        # Stops the engine only if the script started it (it keeps the PID).
+        subprocess.run([str(engine), "stop"], capture_output=True, check=False)
+
+
+class Container:
+    def __init__(self, image: str, *run_args: str, env: dict[str, str] | None = None) -> None:
+        self.name = f"torchdock-test-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        env_args = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        docker(
+            "run", "--detach", "--name", self.name,
+            "--publish", f"127.0.0.1:{self.port}:8000",
+            *env_args, *run_args, image,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            state = json.loads(docker("inspect", "--format", "{{json .State}}", self.name).stdout)
+            status = (state.get("Health") or {}).get("Status", "")
+            if status == "healthy":
+                return
+            if not state["Running"]:
+                break
+            time.sleep(1)
+        logs = docker("logs", self.name, check=False)
+        raise AssertionError(f"not healthy ({status}):\n{(logs.stdout + logs.stderr)[-3000:]}")
+
+    def remove(self) -> None:
+        docker("rm", "--force", self.name, check=False)
+
+
+@pytest.fixture
+def run_container(image: str) -> Iterator[type[Container]]:
+    started: list[Container] = []
+
+    class Tracked(Container):
+        def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+            super().__init__(image, *args, env=env)
+            started.append(self)
+
+    yield Tracked
+    for container in started:
+        container.remove()
+
+
+def predict_both(url: str) -> None:
+    images, labels = held_out()
+    v1 = httpx.post(f"{url}/v1/models/digits:predict", json={"instances": [images[0].tolist()]})
+    assert v1.status_code == 200, v1.text
+    assert v1.json()["predictions"][0]["label"] == labels[0]
+    v2 = httpx.post(
+        f"{url}/v2/models/minilm/infer",
+        json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]},
+        timeout=30,
+    )
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["shape"] == [1, 384]
+
+
+def test_healthy_and_serving_as_uid_10001(run_container: type[Container], image: str) -> None:
+    container = run_container()
+    container.wait_healthy()
+    predict_both(container.url)
+    assert docker("exec", container.name, "id", "-u").stdout.strip() == "10001"
+    config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    assert config["User"] == "10001"
+    labels = config["Labels"]
+    for key in ("source", "version", "revision", "created"):
+        assert labels[f"org.opencontainers.image.{key}"], key
+
+
+def test_hardened_run(run_container: type[Container]) -> None:
+    container = run_container(
+        "--read-only",
+        "--tmpfs", "/tmp:mode=1777",
+        "--tmpfs", "/var/lib/torchdock/spool:mode=1777",
+        "--user", "4242:0",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+    )  # fmt: skip
+    container.wait_healthy()
+    predict_both(container.url)
+    assert docker("exec", container.name, "id", "-u").stdout.strip() == "4242"
+
+
+def test_stop_lets_an_in_flight_request_finish(run_container: type[Container]) -> None:
+    container = run_container(
+        env={
+            "MODEL_SETTINGS": '{"digits": {"max_batch_delay_ms": 1000}}',
+            "DRAIN_DELAY_S": "1",
+            "WORKERS": "1",
+        }
+    )
+    container.wait_healthy()
+    result: dict[str, httpx.Response] = {}
+
+    def slow() -> None:
+        result["r"] = httpx.post(
+            f"{container.url}/v1/models/digits:predict",
+            json={"instances": [[[1.0] * 8] * 8]},
+            timeout=30,
+        )
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.5)
+    stop = docker("stop", "--time", "30", container.name)
+    thread.join(30)
+    assert stop.returncode == 0
+    assert result["r"].status_code == 200
+    state = json.loads(docker("inspect", "--format", "{{json .State}}", container.name).stdout)
+    assert state["ExitCode"] == 0
+
+
+def test_no_secret_source_or_cache_in_the_image(image: str) -> None:
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    assert "PIP_CERT=/" not in history
+    config = docker("image", "inspect", "--format", "{{json .Config.Env}}", image).stdout
+    assert "CERT" not in config and "TOKEN" not in config and "PASSWORD" not in config
+    probe = (
+        "import os, sys\n"
+        "bad = [p for p in ('/src', '/root/.cache/pip', '/run/secrets/ca', '/wheelhouse')"
+        " if os.path.exists(p)]\n"
+        "for top in ('/opt', '/usr/lib/python3.11', '/tmp'):\n"
+        "    for d, dirs, files in os.walk(top):\n"
+        "        bad += [os.path.join(d, n) for n in dirs if n == '.git']\n"
+        "        bad += [os.path.join(d, f) for f in files if f.endswith('.whl')]\n"
+        "site = '/opt/venv/lib/python3.11/site-packages'\n"
+        "bad += [p for p in ('tests', 'loadtests') if os.path.exists(os.path.join(site, p))]\n"
+        "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n"
+    )
+    result = docker("run", "--rm", "--entrypoint", "python3", image, "-c", probe, check=False)
+    assert result.returncode == 0, result.stdout
+    # The host's CA bundle (which may hold a proxy's CA) was a build secret, not a layer.
+    host = Path("/etc/ssl/certs/ca-certificates.crt")
+    if host.exists():
+        inside = docker(
+            "run", "--rm", "--entrypoint", "cat", image, "/etc/ssl/certs/ca-certificates.crt",
+            check=False,
+        ).stdout  # fmt: skip
+        blocks = set(host.read_text().split("-----END CERTIFICATE-----"))
+        assert not blocks or set(inside.split("-----END CERTIFICATE-----")) <= blocks
+
+
+def test_size_budget(image: str) -> None:
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    layers = docker("history", "--format", "{{.Size}}\t{{.CreatedBy}}", image).stdout
+    print(f"{image}: {size / 1e9:.3f} GB\n{layers}")
+    assert size <= SIZE_BUDGET
+
+
+def test_a_source_change_reuses_the_dependency_layer(image: str, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("constraints.txt", "pyproject.toml", "README.md", ".dockerignore"):
+        shutil.copy2(ROOT / name, context / name)
+    shutil.copytree(ROOT / "service", context / "service")
+    shutil.copytree(ROOT / "docker", context / "docker")
+    shutil.copytree(ROOT / "scripts", context / "scripts")
+    init = context / "service" / "__init__.py"
+    init.write_text(init.read_text() + f"\n# changed {uuid.uuid4().hex}\n")
+    log = subprocess.run(
+        [
+            str(context / "scripts" / "build-image"),
+            *(["--local"] if os.environ.get("TORCHDOCK_IMAGE_BASE", "local") == "local" else []),
+            "torchdock:test-rebuild",
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        env={**os.environ, "BUILDKIT_PROGRESS": "plain", "BUILD_TARGET": "builder"},
+    )
+    assert log.returncode == 0, log.stderr[-4000:]
+    steps = {}
+    for line in log.stderr.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0].startswith("#") and parts[1].startswith("["):
+            steps[parts[0]] = parts[2]
+    dependency = [s for s, text in steps.items() if "pip uninstall -y torchdock" in text]
+    source = [s for s, text in steps.items() if "pip install --no-deps --no-compile" in text]
+    assert dependency and source, log.stderr[-3000:]
+    assert f"{dependency[0]} CACHED" in log.stderr
+    assert f"{source[0]} CACHED" not in log.stderr
+    docker("image", "rm", "torchdock:test-rebuild", check=False)
