@@ -112,22 +112,16 @@ def measure_layout_ceiling(
     device_name: str = "cpu",
 ) -> dict[int, float]:
     """The ceiling of `workers` processes with `threads` torch threads each, run at once."""
+    part = (repository, precision, threads, batch_sizes, seconds, device_name)
     if workers == 1:
-        return measure_ceiling(
-            repository,
-            precision=precision,
-            threads=threads,
-            batch_sizes=batch_sizes,
-            seconds=seconds,
-            device_name=device_name,
-        )
+        return _ceiling_part(*part)
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
         parts = pool.starmap(
             _ceiling_part,
-            [(repository, precision, threads, batch_sizes, seconds, device_name)] * workers,
+            [part] * workers,
         )
     return {b: sum(part[b] for part in parts) for b in batch_sizes}
 
