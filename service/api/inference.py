@@ -142,11 +142,12 @@ async def predict(
 
 
 def json_response(
-    payload: Any, *, model: LoadedModel | None = None, status: int = 200, cache: str | None = None
+    payload: Any, *, version: int | None = None, status: int = 200, cache: str | None = None
 ) -> Response:
+    """orjson straight from numpy; `version` becomes the X-Model-Version header."""
     headers = {}
-    if model is not None:
-        headers["X-Model-Version"] = str(model.version)
+    if version is not None:
+        headers["X-Model-Version"] = str(version)
     if cache is not None:
         headers["X-Cache"] = cache
     return Response(

@@ -58,7 +58,7 @@ async def _predict(
                 "model_version": str(model.version),
                 "predictions": model.handler.predictions_to_json(outcome.predictions),
             },
-            model=model,
+            version=model.version,
             cache=outcome.cache_result,
         )
         return record.response

@@ -19,7 +19,6 @@ from service.api.inference import (
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
 from service.runtime.errors import ModelNotReady
-from service.runtime.registry import VersionState
 
 # V2 clients (tritonclient, for one) send JSON without a Content-Type: parse it anyway.
 router = APIRouter(prefix="/v2", tags=["v2"], strict_content_type=False)
@@ -42,7 +41,7 @@ async def ready(state: State) -> Response:
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-def _metadata(state: State, name: str, version: str | None) -> tuple[VersionState, Response]:
+def _metadata(state: State, name: str, version: str | None) -> Response:
     chosen = state.registry.state(name, parse_version(version, model=name))
     entry = state.registry.entries[name]
     manifest = chosen.manifest
@@ -57,19 +56,17 @@ def _metadata(state: State, name: str, version: str | None) -> tuple[VersionStat
         body["parameters"] = {"task": manifest.task, "max_batch_size": manifest.max_batch_size}
     if chosen.error is not None:
         body["error"] = chosen.error
-    response = json_response(body)
-    response.headers["X-Model-Version"] = str(chosen.version)
-    return chosen, response
+    return json_response(body, version=chosen.version)
 
 
 @router.get("/models/{name}", summary="Model metadata (default version)")
 async def model_metadata(name: str, state: State) -> Response:
-    return _metadata(state, name, None)[1]
+    return _metadata(state, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata")
 async def version_metadata(name: str, version: str, state: State) -> Response:
-    return _metadata(state, name, version)[1]
+    return _metadata(state, name, version)
 
 
 def _readiness(state: State, name: str, version: str | None) -> Response:
@@ -78,9 +75,8 @@ def _readiness(state: State, name: str, version: str | None) -> Response:
         raise ModelNotReady(
             f"model {name!r} version {chosen.version} is not loaded: {chosen.error}"
         )
-    response = json_response({"name": name, "version": str(chosen.version), "ready": True})
-    response.headers["X-Model-Version"] = str(chosen.version)
-    return response
+    body = {"name": name, "version": str(chosen.version), "ready": True}
+    return json_response(body, version=chosen.version)
 
 
 @router.get("/models/{name}/ready", summary="Model readiness (default version)")
@@ -117,7 +113,7 @@ async def _infer(
         }
         if body.id is not None:
             payload["id"] = body.id
-        record.response = json_response(payload, model=model, cache=outcome.cache_result)
+        record.response = json_response(payload, version=model.version, cache=outcome.cache_result)
         return record.response
 
 
