@@ -42,9 +42,9 @@ def build_cache(settings: Settings) -> PredictionCache:
 
 
 def build_prediction_log(settings: Settings) -> PredictionLog:
-    if settings.database_url is None:
+    conninfo = settings.database_conninfo()
+    if conninfo is None:
         return NullLog()
-    conninfo = settings.database_url.get_secret_value()
 
     async def prepare() -> None:
         await migrate.upgrade(conninfo)

@@ -80,6 +80,14 @@ def _require(value: SecretStr | None, name: str) -> str:
     return value.get_secret_value()
 
 
+def _database_conninfo() -> str:
+    conninfo = _settings_or_exit().database_conninfo()
+    if conninfo is None:
+        print("torchdock: DATABASE_URL is not set", file=sys.stderr)
+        raise SystemExit(2)
+    return conninfo
+
+
 def _cache_purge(args: argparse.Namespace) -> int:
     from service.storage.cache import purge
 
@@ -92,7 +100,7 @@ def _cache_purge(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from service.storage import migrate
 
-    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    conninfo = _database_conninfo()
     applied = asyncio.run(migrate.upgrade(conninfo, target=args.to))
     version = asyncio.run(migrate.current_version(conninfo))
     print(f"applied {applied or 'nothing'}; schema at version {version}")
@@ -102,7 +110,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _db_prune(args: argparse.Namespace) -> int:
     from service.storage.maintenance import parse_duration, prune
 
-    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    conninfo = _database_conninfo()
     removed = asyncio.run(prune(conninfo, older_than=parse_duration(args.older_than)))
     print(f"deleted {removed} rows older than {args.older_than}")
     return 0
@@ -111,7 +119,7 @@ def _db_prune(args: argparse.Namespace) -> int:
 def _db_stats(args: argparse.Namespace) -> int:
     from service.storage.maintenance import parse_duration, stats
 
-    conninfo = _require(_settings_or_exit().database_url, "DATABASE_URL")
+    conninfo = _database_conninfo()
     rows = asyncio.run(stats(conninfo, since=parse_duration(args.since)))
     print(f"{'model':<12} {'version':>7} {'status':>6} {'requests':>9} {'mean ms':>8} {'hits':>6}")
     for r in rows:

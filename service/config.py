@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from psycopg.conninfo import make_conninfo
 from pydantic import (
     BaseModel,
     Field,
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     cache_breaker_failures: Annotated[int, Field(ge=1)] = 3
     cache_breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
     database_url: SecretStr | None = None
+    database_password_file: Path | None = Field(
+        default=None,
+        description="A file holding the database password (a Docker or Kubernetes secret), "
+        "so that the password is in neither DATABASE_URL nor the environment.",
+    )
     db_auto_upgrade: bool = True
     log_queue_size: Annotated[int, Field(ge=1)] = 10_000
     log_payloads: bool = False
@@ -98,11 +104,28 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
+    @field_validator("database_password_file")
+    @classmethod
+    def _check_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @model_validator(mode="after")
     def _lookup_needs_a_token(self) -> Settings:
         if self.prediction_lookup and self.admin_token is None:
             raise ValueError("PREDICTION_LOOKUP needs ADMIN_TOKEN")
         return self
+
+    def database_conninfo(self) -> str | None:
+        """DATABASE_URL, with the password from DATABASE_PASSWORD_FILE when one is given."""
+        if self.database_url is None:
+            return None
+        url = self.database_url.get_secret_value()
+        if self.database_password_file is None:
+            return url
+        password = self.database_password_file.read_text().rstrip("\r\n")
+        return make_conninfo(url, password=password)
 
     def overrides_for(self, model: str) -> ModelOverrides:
         return self.model_settings.get(model, ModelOverrides())

@@ -2,7 +2,9 @@
 
 It assigns the request id, enforces the body size limit, counts requests in flight, records
 HTTP metrics by route template, writes one JSON access line, and turns any unhandled error
-into a problem+json 500 that still carries the request id.
+into a problem+json 500 that still carries the request id. While the replica drains, every
+response says `Connection: close`, so that a load balancer never reuses a keep-alive connection
+that the replica is about to close (a request sent on one would fail, and a POST is not retried).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", encoded_id))
                 headers.append((b"x-replica-id", self.replica_header))
+                if _draining(scope):
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -124,6 +128,11 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+def _draining(scope: Scope) -> bool:
+    services = getattr(getattr(scope.get("app"), "state", None), "torchdock", None)
+    return bool(services is not None and services.lifecycle.draining)
 
 
 def _request_id(scope: Scope) -> str:

@@ -58,7 +58,9 @@ async def test_draining_fails_readiness_but_finishes_in_flight(
     settings = make_settings(model_settings={"digits": {"max_batch_delay_ms": 500}})
     server = serve(settings)
     async with server as http:
-        assert (await http.get("/v2/health/ready")).status_code == 200
+        first = await http.get("/v2/health/ready")
+        assert first.status_code == 200
+        assert first.headers.get("connection") != "close"
         in_flight = asyncio.create_task(
             http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
         )
@@ -67,7 +69,12 @@ async def test_draining_fails_readiness_but_finishes_in_flight(
         ready = await http.get("/v2/health/ready")
         assert ready.status_code == 503
         assert ready.json() == {"ready": False}
-        assert (await http.get("/v2/health/live")).status_code == 200
+        # A draining replica closes every connection after its response, so that a load
+        # balancer's pool holds no keep-alive connection to it when its listener closes.
+        assert ready.headers["connection"] == "close"
+        live = await http.get("/v2/health/live")
+        assert live.status_code == 200
+        assert live.headers["connection"] == "close"
         assert (await in_flight).status_code == 200
 
 

@@ -123,6 +123,7 @@ def test_sigterm_drains_then_exits(start_server: StartServer) -> None:
     time.sleep(0.4)
     ready = httpx.get(f"{server.base_url}/v2/health/ready", timeout=5)
     assert ready.status_code == 503, "readiness must fail as soon as draining starts"
+    assert ready.headers["connection"] == "close", "uvicorn must close after each response"
     worker.join(timeout=30)
     assert result["r"].status_code == 200, "the in-flight request must finish"
     assert server.process.wait(timeout=30) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from service import config
 from service.config import ConfigError, Settings, load_settings
@@ -213,3 +214,32 @@ def test_an_explicit_torch_threads_setting_wins(monkeypatch: pytest.MonkeyPatch)
 
 def test_available_cpus_is_at_least_one() -> None:
     assert config.available_cpus() >= 1
+
+
+def test_the_database_password_comes_from_its_file(tmp_path: Path) -> None:
+    secret = tmp_path / "postgres_password"
+    secret.write_text("s3cret 'quoted'\n")
+    settings = load_settings(
+        database_url="postgresql://torchdock@postgres:5432/torchdock?connect_timeout=5",
+        database_password_file=secret,
+    )
+    assert conninfo_to_dict(settings.database_conninfo() or "") == {
+        "user": "torchdock",
+        "host": "postgres",
+        "port": "5432",
+        "dbname": "torchdock",
+        "connect_timeout": "5",
+        "password": "s3cret 'quoted'",
+    }
+    assert "s3cret" not in str(settings.masked())
+
+
+def test_without_a_password_file_the_url_is_used_as_given() -> None:
+    url = "postgresql://u:p@db/x"
+    assert load_settings(database_url=url).database_conninfo() == url
+    assert load_settings().database_conninfo() is None
+
+
+def test_an_unreadable_password_file_stops_startup(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"DATABASE_PASSWORD_FILE: .*not a readable file"):
+        load_settings(database_password_file=tmp_path / "missing")
