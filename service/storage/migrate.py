@@ -31,6 +31,9 @@ def available() -> list[Migration]:
         if match is None:
             raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
         found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    if not found:
+        # An install that left the .sql files out (package data) must not pass for up to date.
+        raise FileNotFoundError(f"no migrations in {MIGRATIONS_DIR}")
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise ValueError(f"migrations must be numbered 1..N without gaps, found {versions}")

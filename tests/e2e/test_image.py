@@ -112,6 +112,12 @@ def run_container(image: str) -> Iterator[type[Container]]:
         container.remove()
 
 
+LIST_MIGRATIONS = (
+    "from service.storage.migrate import available;"
+    "print(*(f'{m.version:04d}_{m.name}' for m in available()))"
+)
+
+
 def predict_both(url: str) -> None:
     images, labels = held_out()
     v1 = httpx.post(f"{url}/v1/models/digits:predict", json={"instances": [images[0].tolist()]})
@@ -131,6 +137,9 @@ def test_healthy_and_serving_as_uid_10001(run_container: type[Container], image:
     container.wait_healthy()
     predict_both(container.url)
     assert docker("exec", container.name, "id", "-u").stdout.strip() == "10001"
+    # Package data (the schema migrations) is in the installed package, not only in the tree.
+    listed = docker("exec", container.name, "python3", "-c", LIST_MIGRATIONS).stdout.split()
+    assert listed == ["0001_predictions", "0002_replica_and_error"]
     config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
     assert config["User"] == "10001"
     labels = config["Labels"]

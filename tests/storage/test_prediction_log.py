@@ -246,3 +246,11 @@ async def test_hostile_urls_still_give_valid_rows(
     assert by_id["huge-version"]["model_version"] == 0
     assert by_id["nul-name"]["model_name"] == "digits"
     assert not list((tmp_path / "spool").glob("*.jsonl"))  # no batch mistaken for an outage
+
+
+def test_an_install_without_migration_files_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no migrations"):
+        migrate.available()
