@@ -21,22 +21,13 @@ import httpx
 import pytest
 
 from tests.digits_data import held_out
+from tests.e2e.docker_cli import ROOT, docker
 from tests.e2e.server import free_port
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).resolve().parents[2]
 TAG = "torchdock:test"
 SIZE_BUDGET = 1_200_000_000
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
-
-
-def docker(
-    *args: str, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DOCKER, *args], capture_output=True, text=True, check=check, timeout=timeout
-    )
 
 
 def build(context: Path, *extra: str) -> str:
@@ -56,16 +47,9 @@ def build(context: Path, *extra: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def image() -> Iterator[str]:
-    engine = ROOT / "scripts" / "docker-engine"
-    started = subprocess.run([str(engine), "start"], capture_output=True, text=True, check=False)
-    assert started.returncode == 0, started.stderr
-    try:
-        build(ROOT, TAG)
-        yield TAG
-    finally:
-        # Stops the engine only if the script started it (it keeps the PID).
-        subprocess.run([str(engine), "stop"], capture_output=True, check=False)
+def image(docker_engine: None) -> str:
+    build(ROOT, TAG)
+    return TAG
 
 
 class Container:
