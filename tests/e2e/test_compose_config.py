@@ -1,0 +1,108 @@
+"""The compose files as Compose itself resolves them (`docker compose config`): the production
+topology's rules, and the overrides that must change nothing but what they are for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.docker_cli import ROOT
+
+pytestmark = pytest.mark.docker
+
+LOCAL_ONLY_KEYS = {"image", "build", "pull_policy"}
+
+
+def resolved(*overrides: str, **env: str) -> dict[str, Any]:
+    options = [f"--{name}" for name in overrides]
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "stack"), *options, "compose", "config", "--format", "json"],
+        env={**os.environ, "TORCHDOCK_ENV_FILE": os.devnull, "SECRETS_DIR": "/run/test-secrets",
+             "TORCHDOCK_IMAGE": "registry.example/torchdock:1.2.3", **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def without(service: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in service.items() if k not in keys}
+
+
+def test_the_local_override_changes_only_where_images_come_from(docker_engine: None) -> None:
+    production, local = resolved(), resolved("local")
+    for part in ("name", "networks", "volumes", "secrets"):
+        assert local[part] == production[part], part
+    # cAdvisor cannot be built from Debian: locally it sits in a profile that is never enabled.
+    assert set(production["services"]) - set(local["services"]) == {"cadvisor"}
+    for name, service in local["services"].items():
+        assert without(service, LOCAL_ONLY_KEYS) == without(
+            production["services"][name], LOCAL_ONLY_KEYS
+        ), name
+        assert service["pull_policy"] == "never", name
+    assert local["services"]["api"]["image"] == production["services"]["api"]["image"]
+
+
+def test_production_images_are_pinned_by_digest(docker_engine: None) -> None:
+    for name, service in resolved()["services"].items():
+        if name != "api":
+            assert "@sha256:" in service["image"] and ":" in service["image"].split("@")[0], name
+
+
+def test_production_rules(docker_engine: None) -> None:
+    services = resolved()["services"]
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"nginx", "prometheus"}
+    assert [p["host_ip"] for p in services["prometheus"]["ports"]] == ["127.0.0.1"]
+    assert services["api"]["deploy"]["replicas"] == 3
+    for name, service in services.items():
+        assert "container_name" not in service, name
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["cpus"] and limits["memory"], name
+        assert service["logging"]["options"]["max-size"], name
+        assert service["restart"] == "unless-stopped", name
+        assert service["read_only"] is True, name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency["condition"] == "service_healthy", name
+        if name != "nginx-exporter":  # FROM scratch: nothing to probe with (README)
+            assert service["healthcheck"]["test"], name
+
+
+def test_required_variables_fail_fast(docker_engine: None) -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "stack"), "compose", "config", "--quiet"],
+        env={k: v for k, v in os.environ.items() if k != "TORCHDOCK_IMAGE"}
+        | {"TORCHDOCK_ENV_FILE": os.devnull},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "set TORCHDOCK_IMAGE" in result.stderr
+
+
+def test_the_gpu_override_reserves_gpus_for_the_cuda_image(docker_engine: None) -> None:
+    production = resolved()
+    gpu = resolved("gpu", TORCHDOCK_GPU_IMAGE="registry.example/torchdock:1.2.3-cuda")
+    api = gpu["services"]["api"]
+    assert api["image"] == "registry.example/torchdock:1.2.3-cuda"
+    assert api["environment"]["DEVICE"] == "cuda"
+    [device] = api["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == 1
+    others = set(production["services"]) - {"api"}
+    assert {n: gpu["services"][n] for n in others} == {n: production["services"][n] for n in others}
+
+
+def test_the_secrets_are_files_outside_git() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "compose/secrets/db_password", "compose/.env"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ignored.stdout.split() == ["compose/secrets/db_password", "compose/.env"]
+    assert not Path(ROOT / "compose" / ".env.example").read_text().count("PASSWORD=")
