@@ -192,8 +192,6 @@ class PredictionRecord:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if not self.state.prediction_log.enabled:
-            return
         status, error_type = 200, None
         if isinstance(exc, Problem):
             status, error_type = exc.status, exc.slug
@@ -202,7 +200,12 @@ class PredictionRecord:
             status, error_type = problem.status, problem.slug
         elif exc is not None:
             return  # cancelled, or a bug that the middleware reports; no row to trust
-        self.state.prediction_log.record(self._row(status, error_type))
+        # Labelled by the resolved model only: a URL's model name is the client's to invent.
+        model = self.model
+        labels = (model.name, str(model.version)) if model else ("_unknown", "")
+        metrics.prediction_requests(*labels, status).inc()
+        if self.state.prediction_log.enabled:
+            self.state.prediction_log.record(self._row(status, error_type))
 
     def _row(self, status: int, error_type: str | None) -> PredictionRow:
         settings = self.state.settings

@@ -74,6 +74,12 @@ QUEUE_DEPTH = Gauge(
     _MODEL,
     multiprocess_mode="livesum",
 )
+PREDICTION_REQUESTS = Counter(
+    "torchdock_prediction_requests_total",
+    "Prediction requests answered, by model version and status code; requests for a model "
+    'that does not exist count under model_name="_unknown".',
+    (*_MODEL, "status"),
+)
 REJECTIONS = Counter(
     "torchdock_rejected_requests_total",
     "Requests refused with 429 because the batch queue was full.",
@@ -154,6 +160,11 @@ LOG_SPOOL_BYTES = Gauge(
 def http_requests(method: str, route: str, status: int) -> Counter:
     """The labelled child, cached: `.labels()` costs a lock and a dict build per call."""
     return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@lru_cache(maxsize=256)
+def prediction_requests(model: str, version: str, status: int) -> Counter:
+    return PREDICTION_REQUESTS.labels(model, version, str(status))
 
 
 @lru_cache(maxsize=256)

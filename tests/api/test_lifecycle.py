@@ -95,6 +95,22 @@ async def test_metrics_exposed_and_labelled(client: httpx.AsyncClient) -> None:
     assert sample_value(text, "torchdock_model_ready", **LABELS) == 1
     assert "torchdock_queue_depth" in text
     assert "torchdock_inflight_requests" in text
+
+
+async def test_prediction_requests_are_counted_by_model_and_status(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+    await client.post("/v1/models/digits:predict", json={"instances": ["not an image"]})
+    await client.post("/v1/models/no-such-model:predict", json={"instances": [ZEROS]})
+    text = (await client.get("/metrics")).text
+    name = "torchdock_prediction_requests_total"
+    assert sample_value(text, name, **LABELS, status="200") >= 1
+    assert sample_value(text, name, **LABELS, status="422") >= 1
+    # A client-chosen model name never becomes a label value.
+    unknown = {"model_name": "_unknown", "model_version": "", "status": "404"}
+    assert sample_value(text, name, **unknown) >= 1
+    assert "no-such-model" not in text
     assert "torchdock_rejected_requests_total" in text
     assert (
         sample_value(

@@ -50,7 +50,9 @@ def test_the_local_override_changes_only_where_images_come_from(docker_engine: N
 
 
 def test_production_images_are_pinned_by_digest(docker_engine: None) -> None:
-    for name, service in resolved()["services"].items():
+    every_profile = resolved(COMPOSE_PROFILES="dashboards,cadvisor")["services"]
+    assert {"grafana", "cadvisor", "alertmanager"} <= set(every_profile)
+    for name, service in every_profile.items():
         if name != "api":
             assert "@sha256:" in service["image"] and ":" in service["image"].split("@")[0], name
 

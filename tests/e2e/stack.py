@@ -1,0 +1,204 @@
+"""A compose stack for end-to-end tests: the local stack (compose/compose.local.yml) under its
+own project name, on free ports on 127.0.0.1, with its secrets in a temporary folder, driven
+through the same scripts an operator uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tests.e2e.docker_cli import ROOT, docker
+from tests.e2e.server import free_port
+
+API_IMAGE = "torchdock:test"
+DIGITS = "/v1/models/digits:predict"
+
+
+class Stack:
+    """A compose project of the local stack, driven through scripts/stack."""
+
+    def __init__(
+        self, project: str, env: dict[str, str], http_port: int, prometheus_port: int
+    ) -> None:
+        self.project = project
+        self.env = env
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.prometheus = f"http://127.0.0.1:{prometheus_port}"
+        self.logged = 0  # prediction responses that came from a replica: one row each
+        self._lock = threading.Lock()
+
+    def script(self, *args: str, timeout: float = 1200) -> str:
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "stack"), "--local", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"stack {args}:\n{result.stdout}\n{result.stderr[-6000:]}"
+        return result.stdout
+
+    def compose(self, *args: str) -> str:
+        return self.script("compose", *args, timeout=300)
+
+    def containers(self, service: str) -> list[dict[str, Any]]:
+        ids = self.compose("ps", "--quiet", service).split()
+        return [json.loads(docker("inspect", i).stdout)[0] for i in ids]
+
+    def psql(self, sql: str) -> str:
+        return self.compose(
+            "exec", "-T", "postgres", "psql", "--username=torchdock", "--dbname=torchdock",
+            "--tuples-only", "--no-align", "--command", sql,
+        ).strip()  # fmt: skip
+
+    def rows(self) -> int:
+        return int(self.psql("SELECT count(*) FROM predictions"))
+
+    def count(self, response: httpx.Response) -> None:
+        if "x-replica-id" in response.headers:
+            with self._lock:
+                self.logged += 1
+
+    def predict(self, client: httpx.Client, image: np.ndarray, **headers: str) -> httpx.Response:
+        response = client.post(f"{self.url}{DIGITS}", json={"instances": [image.tolist()]},
+                               headers=headers)  # fmt: skip
+        self.count(response)
+        return response
+
+    def wait_for_rows(self, timeout: float = 90) -> None:
+        wait_until(lambda: self.rows() == self.logged, timeout, "every prediction logged")
+        time.sleep(1)
+        assert self.rows() == self.logged, "no row may be logged twice"
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql} | ({"time": str(at)} if at else {})
+        response = httpx.get(f"{self.prometheus}/api/v1/query", params=params, timeout=10)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()["data"]["result"]
+        return result
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (AssertionError, httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}")
+
+
+@contextmanager
+def running_stack(
+    work: Path, project: str, *, settings: str = "", overrides: tuple[Path, ...] = ()
+) -> Iterator[Stack]:
+    """Bring the stack up (images built from the working tree), and remove it and its volumes
+    afterwards. `settings` are extra lines for its env file."""
+    secrets = work / "secrets"
+    subprocess.run([str(ROOT / "scripts" / "make-secrets"), str(secrets)], check=True,
+                   capture_output=True)  # fmt: skip
+    http_port, prometheus_port = free_port(), free_port()
+    env_file = work / "stack.env"
+    env_file.write_text(
+        f"TORCHDOCK_IMAGE={API_IMAGE}\nAPI_REPLICAS=3\nHTTP_BIND=127.0.0.1\n"
+        f"HTTP_PORT={http_port}\nPROMETHEUS_PORT={prometheus_port}\nSECRETS_DIR={secrets}\n"
+        + settings
+    )
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": project,
+        "TORCHDOCK_ENV_FILE": str(env_file),
+        "TORCHDOCK_COMPOSE_OVERRIDES": " ".join(str(o) for o in overrides),
+        "BUILDKIT_PROGRESS": "plain",
+    }
+    stack = Stack(project, env, http_port, prometheus_port)
+    stack.script("down", "--volumes")  # what an interrupted earlier run may have left
+    started = time.monotonic()
+    stack.script("up")
+    print(f"{project}: up (with image builds) in {time.monotonic() - started:.0f} s")
+    try:
+        yield stack
+    finally:
+        stack.script("down", "--volumes")
+
+
+class Load:
+    """Digits predictions at a steady rate from a few threads, each outcome recorded.
+
+    The inputs are random, so that every request is computed (a cache miss), and the rate stays
+    well under nginx's per-client limit. The client keeps its connections alive, and does what
+    the README asks of clients: when nginx closes an idle keep-alive connection (as a reload
+    does) just as a request goes out on it, the connection drops without a response, and the
+    request is sent again, once, on a new connection. Those are counted in `resent`; nginx
+    never read such a request, so it reached no replica.
+    """
+
+    def __init__(self, stack: Stack, *, rate: float = 40.0, threads: int = 4) -> None:
+        self.stack = stack
+        self.interval = threads / rate
+        self.outcomes: list[int | str] = []
+        self.failed: list[str] = []  # what nginx and the replica said about each failure
+        self.replicas: Counter[str] = Counter()
+        self.resent = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    @property
+    def failures(self) -> list[int | str]:
+        return [o for o in self.outcomes if o != 200]
+
+    def explain(self) -> str:
+        """The failures, with nginx's access-log lines for their request ids."""
+        ids = [f.split(":")[0] for f in self.failed]
+        access = self.stack.compose("logs", "--no-log-prefix", "nginx").splitlines()
+        lines = [line for line in access if any(i in line for i in ids if i != "None")]
+        return "\n".join([*self.failed, *lines])
+
+    def _run(self, seed: int) -> None:
+        rng = np.random.default_rng(seed + int(time.time()))
+        with httpx.Client(timeout=30) as client:
+            due = time.monotonic()
+            while not self._stop.is_set():
+                outcome: int | str
+                image = rng.random((8, 8)) * 16
+                try:
+                    try:
+                        response = self.stack.predict(client, image)
+                    except httpx.RemoteProtocolError:
+                        with self._lock:
+                            self.resent += 1
+                        response = self.stack.predict(client, image)
+                    outcome = response.status_code
+                    replica = response.headers.get("x-replica-id", "-")
+                    if outcome != 200:
+                        self.failed.append(f"{response.headers.get('x-request-id')}: "
+                                           f"{response.text[:300]}")  # fmt: skip
+                except httpx.HTTPError as e:
+                    outcome, replica = type(e).__name__, "-"
+                    self.failed.append(repr(e))
+                with self._lock:
+                    self.outcomes.append(outcome)
+                    self.replicas[replica] += 1
+                due += self.interval
+                time.sleep(max(0.0, due - time.monotonic()))

@@ -1,0 +1,98 @@
+"""Monitoring config, checked by the tools that run it: promtool (config, rules, and the rules'
+unit tests in monitoring/prometheus/tests/) and amtool, from the local Prometheus and
+Alertmanager images; and the rules' conventions, which every alert must follow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.e2e.docker_cli import ROOT, docker
+from tests.e2e.monitoring_rules import MONITORING, alerts, load, recording_rules
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def tool_images(docker_engine: None) -> None:
+    """The Prometheus and Alertmanager images of the local stack, which carry promtool/amtool."""
+    subprocess.run([str(ROOT / "scripts" / "base-image"), "--plain", "bookworm"], check=True,
+                   capture_output=True)  # fmt: skip
+    built = subprocess.run(
+        [str(ROOT / "scripts" / "stack"), "--local", "compose", "build", "prometheus",
+         "alertmanager"],
+        env={**os.environ, "TORCHDOCK_ENV_FILE": os.devnull, "TORCHDOCK_IMAGE": "unused"},
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+
+
+def run_tool(image: str, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return docker(
+        "run", "--rm", "--network", "none",
+        "-v", f"{MONITORING / 'prometheus'}:/etc/prometheus:ro",
+        "-v", f"{MONITORING / 'alertmanager'}:/etc/alertmanager:ro",
+        "--entrypoint", tool, image, *args, check=False,
+    )  # fmt: skip
+
+
+def test_promtool_checks_the_config_and_the_rules(tool_images: None) -> None:
+    image = "torchdock-local/prometheus:latest"
+    checked = run_tool(image, "promtool", "check", "config", "/etc/prometheus/prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 2 rule files found" in checked.stdout + checked.stderr
+    rules = run_tool(image, "promtool", "check", "rules", "/etc/prometheus/rules/alerts.yml",
+                     "/etc/prometheus/rules/recording.yml")  # fmt: skip
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_unit_tests_pass(tool_images: None) -> None:
+    image = "torchdock-local/prometheus:latest"
+    tested = run_tool(image, "promtool", "test", "rules", "/etc/prometheus/tests/rules_test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_amtool_checks_the_alertmanager_config(tool_images: None) -> None:
+    image = "torchdock-local/alertmanager:latest"
+    checked = run_tool(image, "amtool", "check-config", "/etc/alertmanager/alertmanager.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    cases = load(MONITORING / "prometheus" / "tests" / "rules_test.yml")["tests"]
+    fires, stays_quiet = set(), set()
+    for case in cases:
+        for check in case.get("alert_rule_test", []):
+            (fires if check["exp_alerts"] else stays_quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alerts()}
+    assert names - fires == set(), "alerts never tested firing"
+    assert names - stays_quiet == set(), "alerts never tested staying quiet"
+
+
+def test_every_alert_has_a_window_a_severity_its_annotations_and_a_runbook() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for rule in alerts():
+        name = rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert {"summary", "description"} <= set(rule["annotations"]), name
+        assert f"\n- **{name}**" in readme, f"no runbook entry for {name} in the README"
+
+
+def test_the_dashboard_reads_recording_rules() -> None:
+    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "torchdock-overview.json")
+                           .read_text())  # fmt: skip
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    recorded = recording_rules()
+    using_rules = [e for e in expressions if any(r in e for r in recorded)]
+    # The rest are raw gauges that need no rule: replicas up, queue depth, and cAdvisor's.
+    raw = [e for e in expressions if e not in using_rules]
+    assert len(using_rules) >= 12
+    assert all(re.search(r"\b(up|torchdock_queue_depth|container_\w+)\{", e) for e in raw), raw
+    provisioned = load(MONITORING / "grafana" / "provisioning" / "dashboards" / "torchdock.yml")
+    assert provisioned["providers"][0]["options"]["path"] == "/var/lib/grafana-dashboards"
