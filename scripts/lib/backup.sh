@@ -1,0 +1,81 @@
+# What scripts/backup, restore and verify share: settings, the volumes without a logical dump,
+# checksum verification and retention.
+# shellcheck shell=bash
+
+# setting NAME DEFAULT: the environment's value, else the settings file's, else DEFAULT.
+setting() {
+  local name="$1" default="$2" value="${!1:-}"
+  if [[ -z "$value" && -f "$env_file" ]]; then
+    value="$(sed -n "s/^$name=//p" "$env_file" | tail -n 1)"
+  fi
+  echo "${value:-$default}"
+}
+
+BACKUP_DIR="$(setting BACKUP_DIR "$REPO_ROOT/backups")"
+BACKUP_AGE_RECIPIENTS="$(setting BACKUP_AGE_RECIPIENTS "")"
+BACKUP_AGE_IDENTITY="$(setting BACKUP_AGE_IDENTITY "")"
+BACKUP_KEEP_DAILY="$(setting BACKUP_KEEP_DAILY 7)"
+BACKUP_KEEP_WEEKLY="$(setting BACKUP_KEEP_WEEKLY 4)"
+
+# Volumes copied as tarballs, by service: their data has no logical dump.
+declare -A VOLUME_OF=([prometheus]=/prometheus [alertmanager]=/alertmanager)
+
+# age (https://age-encryption.org): authenticated encryption to public keys, so the machine that
+# takes backups needs no secret. Debian packages it.
+ensure_age() {
+  command -v age >/dev/null && return 0
+  [[ $EUID -eq 0 ]] || die "age is not installed, and installing it needs root"
+  log "installing age"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null
+}
+
+# The newest complete backup folder, or nothing.
+latest_backup() {
+  find "$BACKUP_DIR" -mindepth 1 -maxdepth 1 -type d -name '20*Z' 2>/dev/null | sort | tail -n 1
+}
+
+# check_backup DIR: refuses a backup that is partial or corrupt, before anything is touched.
+check_backup() {
+  local dir="$1"
+  [[ -d "$dir" ]] || die "no backup at $dir"
+  [[ -f "$dir/manifest.json" && -f "$dir/SHA256SUMS" ]] \
+    || die "$dir is not a complete backup (no manifest): refusing it"
+  MANIFEST_DIR="$dir" python3 - <<'PY' || die "$dir failed its checksums: refusing it"
+import hashlib, json, os, pathlib, sys
+d = pathlib.Path(os.environ["MANIFEST_DIR"])
+manifest = json.loads((d / "manifest.json").read_text())
+bad = []
+for name, expected in manifest["files"].items():
+    path = d / name
+    if not path.is_file():
+        bad.append(f"{name}: missing")
+    elif path.stat().st_size != expected["bytes"]:
+        bad.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
+    elif hashlib.sha256(path.read_bytes()).hexdigest() != expected["sha256"]:
+        bad.append(f"{name}: sha256 differs from the manifest")
+for required in ("postgres.dump", "redis.rdb"):
+    if not any(n in (required, required + ".age") for n in manifest["files"]):
+        bad.append(f"{required}: not in the manifest")
+for line in bad:
+    print(f"  {line}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+  log "backup $dir: every checksum matches"
+}
+
+# open_file DIR NAME: the file's content on stdout, decrypted when it was encrypted.
+open_file() {
+  local dir="$1" name="$2"
+  if [[ -f "$dir/$name.age" ]]; then
+    ensure_age
+    [[ -n "$BACKUP_AGE_IDENTITY" ]] || die "$name is encrypted: set BACKUP_AGE_IDENTITY"
+    age --decrypt --identity "$BACKUP_AGE_IDENTITY" "$dir/$name.age"
+  else
+    cat "$dir/$name"
+  fi
+}
+
+prune_backups() {
+  python3 "$REPO_ROOT/scripts/lib/retention.py" "$BACKUP_DIR" \
+    --daily "$BACKUP_KEEP_DAILY" --weekly "$BACKUP_KEEP_WEEKLY"
+}
