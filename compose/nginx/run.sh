@@ -17,7 +17,9 @@ port="${UPSTREAM_PORT:-8000}"
 
 ready_replicas() {
   for address in $(getent ahostsv4 "$service" | awk '{print $1}' | sort -u); do
-    if wget -q -T 1 -O /dev/null "http://$address:$port/v2/health/ready" 2>/dev/null; then
+    # One try: GNU wget would retry a timeout 20 times (busybox's ignores --tries).
+    if wget -q -T 1 --tries=1 -O /dev/null "http://$address:$port/v2/health/ready" 2>/dev/null
+    then
       echo "$address"
     fi
   done
@@ -29,7 +31,7 @@ write_upstream() {
     echo "server 127.0.0.1:9 down;" >"$upstream.new"
   else
     echo "$1" | awk -v port="$port" \
-      '{ printf "server %s:%s max_fails=1 fail_timeout=10s;\n", $1, port }' >"$upstream.new"
+      '{ printf "server %s:%s max_fails=2 fail_timeout=5s;\n", $1, port }' >"$upstream.new"
   fi
   mv "$upstream.new" "$upstream"
 }

@@ -137,7 +137,6 @@ async def predict(
         result = "hit" if not missing else "miss" if not hits else "partial"
     else:
         result = "bypass"
-    metrics.REQUEST_LATENCY.labels(*labels).observe(time.monotonic() - started)
     return Outcome(predictions, result, keys, batched)
 
 
@@ -204,6 +203,9 @@ class PredictionRecord:
         model = self.model
         labels = (model.name, str(model.version)) if model else ("_unknown", "")
         metrics.prediction_requests(*labels, status).inc()
+        if model is not None:
+            # Every outcome, errors included: a deadline that expires is a slow request too.
+            metrics.REQUEST_LATENCY.labels(*labels).observe(time.monotonic() - self.started)
         if self.state.prediction_log.enabled:
             self.state.prediction_log.record(self._row(status, error_type))
 

@@ -46,7 +46,7 @@ INFLIGHT = Gauge(
 )
 REQUEST_LATENCY = Histogram(
     "torchdock_inference_request_duration_seconds",
-    "Total time of a prediction request, from decode to encoded response.",
+    "Total time of a prediction request, from decode to encoded response, whatever its status.",
     _MODEL,
     buckets=_LATENCY_BUCKETS,
 )

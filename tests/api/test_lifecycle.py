@@ -107,6 +107,12 @@ async def test_prediction_requests_are_counted_by_model_and_status(
     name = "torchdock_prediction_requests_total"
     assert sample_value(text, name, **LABELS, status="200") >= 1
     assert sample_value(text, name, **LABELS, status="422") >= 1
+    # Latency covers failed requests too, so that the latency objective sees them.
+    latency = "torchdock_inference_request_duration_seconds_count"
+    before = sample_value(text, latency, **LABELS)
+    await client.post("/v1/models/digits:predict", json={"instances": ["not an image"]})
+    after = sample_value((await client.get("/metrics")).text, latency, **LABELS)
+    assert after == before + 1
     # A client-chosen model name never becomes a label value.
     unknown = {"model_name": "_unknown", "model_version": "", "status": "404"}
     assert sample_value(text, name, **unknown) >= 1

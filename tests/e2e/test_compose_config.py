@@ -96,7 +96,9 @@ def test_the_gpu_override_reserves_gpus_for_the_cuda_image(docker_engine: None) 
     assert api["environment"]["DEVICE"] == "cuda"
     [device] = api["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert device["count"] == 1
+    # Every replica of a service gets the same devices: one replica, on one named GPU.
+    assert device["device_ids"] == ["0"] and api["deploy"]["replicas"] == 1
+    assert api["deploy"]["resources"]["limits"]["memory"] == "8589934592"
     others = set(production["services"]) - {"api"}
     assert {n: gpu["services"][n] for n in others} == {n: production["services"][n] for n in others}
 
