@@ -43,7 +43,7 @@ nginx_pid=$!
 stopping=0
 # SIGQUIT (the image's stop signal) and SIGTERM: a graceful stop of nginx.
 trap 'stopping=1; kill -QUIT "$nginx_pid" 2>/dev/null || true' QUIT TERM INT
-echo "upstream: $(echo $current)" >&2
+echo "upstream: $(echo "$current" | tr '\n' ' ')" >&2
 
 while [ "$stopping" -eq 0 ] && kill -0 "$nginx_pid" 2>/dev/null; do
   sleep "$interval" &
@@ -53,7 +53,7 @@ while [ "$stopping" -eq 0 ] && kill -0 "$nginx_pid" 2>/dev/null; do
   if [ "$next" != "$current" ]; then
     write_upstream "$next"
     if nginx -c "$conf" -s reload; then
-      echo "upstream: $(echo $next)" >&2
+      echo "upstream: $(echo "$next" | tr '\n' ' ')" >&2
       current="$next"
     fi
   fi

@@ -21,6 +21,8 @@ fi
 
 if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
   echo "initialising the database in $PGDATA"
+  # POSTGRES_INITDB_ARGS is a list of options, split on spaces as in the official image.
+  # shellcheck disable=SC2086
   initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
     --auth-local=trust --auth-host=scram-sha-256 ${POSTGRES_INITDB_ARGS:-} >/dev/null
   echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"

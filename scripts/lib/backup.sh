@@ -1,6 +1,8 @@
 # What scripts/backup, restore and verify share: settings, the volumes without a logical dump,
 # checksum verification and retention.
 # shellcheck shell=bash
+# The settings below are read by the scripts that source this file; env_file is stack.sh's.
+# shellcheck disable=SC2034,SC2154
 
 # setting NAME DEFAULT: the environment's value, else the settings file's, else DEFAULT.
 setting() {

@@ -1,6 +1,8 @@
 # The compose stack as the operating scripts see it (scripts/stack, backup, restore, verify):
 # the compose files chosen by --local/--gpu, the project name and the settings file.
 # shellcheck shell=bash
+# stack_args is read by the scripts that source this file.
+# shellcheck disable=SC2034
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 compose_dir="$REPO_ROOT/compose"
 files=(-f "$compose_dir/compose.yml")
