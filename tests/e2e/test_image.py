@@ -246,3 +246,28 @@ def test_a_source_change_reuses_the_dependency_layer(image: str, tmp_path: Path)
     assert f"{dependency[0]} CACHED" in log.stderr
     assert f"{source[0]} CACHED" not in log.stderr
     docker("image", "rm", "torchdock:test-rebuild", check=False)
+
+
+def test_the_release_smoke_test_passes_on_the_image(image: str) -> None:
+    # scripts/smoke-image is what the release workflow runs before it pushes anything.
+    smoke = subprocess.run(
+        [str(ROOT / "scripts" / "smoke-image"), image],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    assert "smoke test passed" in smoke.stderr
+
+
+def test_the_release_smoke_test_fails_on_an_image_that_does_not_serve(image: str) -> None:
+    # The same image, whose server exits at once: the script must say so and fail.
+    broken = "torchdock:test-broken"
+    docker("build", "--tag", broken, "-", input_text=f'FROM {image}\nENTRYPOINT ["false"]\n')
+    try:
+        smoke = subprocess.run(
+            [str(ROOT / "scripts" / "smoke-image"), broken],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert smoke.returncode != 0
+        assert "exited before it became healthy" in smoke.stderr
+    finally:
+        docker("image", "rm", broken, check=False)
