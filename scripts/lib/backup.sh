@@ -42,28 +42,8 @@ check_backup() {
   [[ -d "$dir" ]] || die "no backup at $dir"
   [[ -f "$dir/manifest.json" && -f "$dir/SHA256SUMS" ]] \
     || die "$dir is not a complete backup (no manifest): refusing it"
-  MANIFEST_DIR="$dir" python3 - <<'PY' || die "$dir failed its checksums: refusing it"
-import hashlib, json, os, pathlib, sys
-d = pathlib.Path(os.environ["MANIFEST_DIR"])
-manifest = json.loads((d / "manifest.json").read_text())
-bad = []
-for name, expected in manifest["files"].items():
-    path = d / name
-    if not path.is_file():
-        bad.append(f"{name}: missing")
-    elif path.stat().st_size != expected["bytes"]:
-        bad.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
-    else:
-        with path.open("rb") as f:  # streamed: a TSDB tarball can be gigabytes
-            if hashlib.file_digest(f, "sha256").hexdigest() != expected["sha256"]:
-                bad.append(f"{name}: sha256 differs from the manifest")
-for required in ("postgres.dump", "redis.rdb"):
-    if not any(n in (required, required + ".age") for n in manifest["files"]):
-        bad.append(f"{required}: not in the manifest")
-for line in bad:
-    print(f"  {line}", file=sys.stderr)
-sys.exit(1 if bad else 0)
-PY
+  python3 "$REPO_ROOT/scripts/lib/manifest.py" check "$dir" \
+    || die "$dir failed its checksums: refusing it"
   log "backup $dir: every checksum matches"
 }
 
