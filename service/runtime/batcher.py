@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,9 @@ from service.runtime.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The share of a request's remaining time that its expected queue wait may take.
+ADMISSION_MARGIN = 0.5
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -82,6 +86,13 @@ class DynamicBatcher(Generic[In, Out]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._recent_batch_s = 0.01
+        self._batches_seen = 0
+        self._computing = 0  # 1 while a batch runs
+
+    def calibrate(self, batch_s: float) -> None:
+        """Seed the batch-time estimate, e.g. with the warm-up's full batch: otherwise the first
+        burst after startup is admitted on a guess, and what exceeds the deadline times out."""
+        self._recent_batch_s = batch_s
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
@@ -129,6 +140,19 @@ class DynamicBatcher(Generic[In, Out]):
         if deadline <= now:
             self._observer.timed_out()
             raise DeadlineExceeded("the request's deadline passed before it was queued")
+        # Past capacity, the item bound alone is not enough: on a slow model, the queue can hold
+        # more work than a deadline allows, and every request would wait it out and fail with
+        # 504. A request that cannot be served in time is refused now, with 429, instead. The
+        # estimate is an average and batch times vary (one long text costs many short ones), so
+        # it must fit in half the time left: at the edge, half the admitted would time out.
+        wait_s = self._expected_wait_s(len(items))
+        if wait_s > (deadline - now) * ADMISSION_MARGIN:
+            self._observer.rejected()
+            raise QueueFull(
+                f"the queue for {self.name} holds about {wait_s:.1f} s of work, more than the"
+                f" request's remaining {deadline - now:.1f} s",
+                retry_after_s=self._retry_after_s(),
+            )
         future: asyncio.Future[Batched[Out]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(items, future, now, deadline, is_abandoned))
         self._queued_items += len(items)
@@ -141,9 +165,17 @@ class DynamicBatcher(Generic[In, Out]):
             self._observer.timed_out()
             raise DeadlineExceeded("the request's deadline passed before its result") from None
 
+    def _expected_wait_s(self, items: int) -> float:
+        """Seconds until `items` more instances would be computed, at the recent batch time:
+        the batch in progress, then the queue ahead, in batches, then their own."""
+        if self.enabled:
+            batches = math.ceil((self._queued_items + items) / self.max_batch_size)
+        else:
+            batches = len(self._queue) + 1
+        return (batches + self._computing) * self._recent_batch_s
+
     def _retry_after_s(self) -> int:
-        batches_ahead = self._queued_items / self.max_batch_size + 1
-        return max(1, round(batches_ahead * self._recent_batch_s + 0.5))
+        return max(1, round(self._expected_wait_s(0) + 0.5))
 
     async def _loop(self) -> None:
         while True:
@@ -210,6 +242,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._observer.dispatched(
             batch_size=len(items), queue_waits=[started - p.enqueued_at for p in batch]
         )
+        self._computing = 1
         try:
             outputs = await self._run_batch(items)
             if len(outputs) != len(items):
@@ -223,8 +256,12 @@ class DynamicBatcher(Generic[In, Out]):
                     pending.future.set_exception(failure)
             return
         finally:
+            self._computing = 0
             elapsed = time.monotonic() - started
-            self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            # A moving average that trusts the first real batches more than the seed.
+            self._batches_seen += 1
+            weight = max(0.2, 1 / (self._batches_seen + 1))
+            self._recent_batch_s += weight * (elapsed - self._recent_batch_s)
             self._observer.computed(seconds=elapsed)
         offset = 0
         for pending in batch:

@@ -105,13 +105,17 @@ class LoadedModel:
 
     def forward(self, items: list[Any]) -> list[Any]:
         """Preprocess, forward and postprocess one batch. Call only on the torch thread."""
+        predictions: list[Any] = [None] * len(items)
         with torch.inference_mode():
-            prepared = self.handler.preprocess(items)
-            on_device = tuple(self._to_device(t) for t in prepared.inputs)
-            outputs = self._module(*on_device)
-            # Reading the result is the one synchronisation point with the device.
-            host = _to_host(outputs)
-            return self.handler.postprocess(host, prepared)
+            for positions, prepared in self.handler.preprocess_in_passes(items):
+                on_device = tuple(self._to_device(t) for t in prepared.inputs)
+                outputs = self._module(*on_device)
+                # Reading the result is the one synchronisation point with the device.
+                host = _to_host(outputs)
+                done = self.handler.postprocess(host, prepared)
+                for position, prediction in zip(positions, done, strict=True):
+                    predictions[position] = prediction
+        return predictions
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self._dtype if tensor.is_floating_point() else tensor.dtype
@@ -167,8 +171,11 @@ def load_model(
         policy=policy,
     )
     warm = handler.warmup_items()
-    for size in sorted({1, min(policy.max_batch_size, 8)}):
+    for size in sorted({1, min(policy.max_batch_size, 8), policy.max_batch_size}):
+        began = time.monotonic()
         model.forward((warm * size)[:size])
+    # The full batch, last: admission control starts from its time.
+    model.batcher.calibrate(time.monotonic() - began)
     elapsed = time.monotonic() - started
     metrics.MODEL_LOAD_SECONDS.labels(manifest.name, str(manifest.version)).set(elapsed)
     logger.info(

@@ -74,3 +74,30 @@ def test_build_refuses_weights_with_another_sha(
     with pytest.raises(RuntimeError, match="refusing to build"):
         minilm.build(tmp_path)
     assert not (tmp_path / "minilm").exists()
+
+
+def test_a_long_text_does_not_pad_the_short_ones(model_repo: Path) -> None:
+    """One truncated paragraph among short sentences: the batch is cut by length, every pass
+    stays within the token budget, and each text embeds as it does on its own."""
+    from service.runtime.handlers import text_embedding
+
+    directory = model_repo / "minilm" / "1"
+    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
+    module = torch.export.load(str(directory / "model.pt2")).module()
+    paragraph = " ".join(SENTENCES)  # far past the 256-token limit
+    texts = [*SENTENCES[:40], paragraph, *SENTENCES[40:63]]
+    passes = handler.preprocess_in_passes(texts)
+    assert len(passes) > 1
+    assert sorted(i for positions, _ in passes for i in positions) == list(range(len(texts)))
+    for _, prepared in passes:
+        rows, width = prepared.inputs[0].shape
+        assert rows * width <= text_embedding.TOKENS_PER_PASS
+    with torch.inference_mode():
+        together: dict[int, np.ndarray] = {}
+        for positions, prepared in passes:
+            done = handler.postprocess(module(*prepared.inputs), prepared)
+            together.update({i: p.vector for i, p in zip(positions, done, strict=True)})
+        for i in (0, 40, len(texts) - 1):
+            alone = handler.preprocess_in_passes([texts[i]])[0][1]
+            vector = handler.postprocess(module(*alone.inputs), alone)[0].vector
+            assert float(vector @ together[i]) >= 0.99999

@@ -263,6 +263,54 @@ async def test_a_full_queue_raises_queue_full_with_a_retry_after(
     assert model.batches == [["a1", "a2"], ["b1", "b2"]]
 
 
+async def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(
+    make_batcher: BatcherFactory, observer: RecordingObserver
+) -> None:
+    gate = asyncio.Event()
+    gate.set()
+
+    async def slow(items: list[str]) -> list[str]:
+        await asyncio.sleep(0.1)  # every batch takes at least this long, however fast the machine
+        await gate.wait()
+        return [f"out-{item}" for item in items]
+
+    batcher = make_batcher(run_batch=slow, max_batch_size=1)
+    for i in range(10):  # the batcher learns the batch time
+        await asyncio.wait_for(batcher.submit([f"w{i}"], deadline=later()), STEP_TIMEOUT_S)
+    gate.clear()
+    busy = asyncio.create_task(batcher.submit(["busy"], deadline=later()))
+    await asyncio.sleep(0.05)  # "busy" is computing
+    patient = asyncio.create_task(batcher.submit(["patient"], deadline=later()))
+    await asyncio.sleep(0)
+
+    # Ahead of it: the batch in progress and "patient", about 0.1 s each, then its own: about
+    # 0.3 s, where 0.15 s is left.
+    asked = time.monotonic()
+    with pytest.raises(QueueFull) as refused:
+        await batcher.submit(["hurried"], deadline=time.monotonic() + 0.15)
+
+    assert time.monotonic() - asked < 0.15, "refused at once, not after waiting out its deadline"
+    assert refused.value.retry_after_s >= 1
+    assert observer.rejections == 1 and observer.timeouts == 0
+    gate.set()
+    assert await asyncio.wait_for(busy, STEP_TIMEOUT_S) == ["out-busy"]
+    assert await asyncio.wait_for(patient, STEP_TIMEOUT_S) == ["out-patient"]
+
+
+async def test_a_calibrated_batcher_refuses_what_its_batch_time_cannot_serve(
+    make_batcher: BatcherFactory, model: RecordingModel, observer: RecordingObserver
+) -> None:
+    guessing, calibrated = make_batcher(max_delay_s=0.01), make_batcher(max_delay_s=0.01)
+    calibrated.calibrate(1.0)  # e.g. a slow model's full batch at warm-up
+
+    hurried = time.monotonic() + 1.5  # a batch of 1 s must fit in half of that: it does not
+    assert await asyncio.wait_for(guessing.submit(["a"], deadline=hurried), STEP_TIMEOUT_S)
+    with pytest.raises(QueueFull):
+        await calibrated.submit(["b"], deadline=hurried)
+    assert observer.rejections == 1
+    assert model.batches == [["a"]]
+
+
 async def test_a_deadline_already_past_is_refused_at_submit(
     make_batcher: BatcherFactory, model: RecordingModel, observer: RecordingObserver
 ) -> None:

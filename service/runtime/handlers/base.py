@@ -66,6 +66,11 @@ class ModelHandler(ABC, Generic[Item, Pred]):
     def preprocess(self, items: list[Item]) -> Prepared:
         """Items to the model's CPU input tensors (torch thread)."""
 
+    def preprocess_in_passes(self, items: list[Item]) -> list[tuple[list[int], Prepared]]:
+        """The batch as forward passes, each with the positions of its items (torch thread).
+        One pass by default; a handler whose cost grows with padding splits the batch."""
+        return [(list(range(len(items))), self.preprocess(items))]
+
     @abstractmethod
     def postprocess(self, outputs: Any, prepared: Prepared) -> list[Pred]:
         """The model's outputs (already on the CPU) to one prediction per item (torch thread)."""
