@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 # stack_args is read by the scripts that source this file.
 # shellcheck disable=SC2034
+# shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 compose_dir="$REPO_ROOT/compose"
 files=(-f "$compose_dir/compose.yml")
@@ -40,4 +41,32 @@ project_name() { echo "${COMPOSE_PROJECT_NAME:-torchdock}"; }
 # A value from the effective configuration, e.g. config_value '["services"]["api"]["image"]'.
 config_value() {
   compose config --format json | python3 -c "import json, sys; print(json.load(sys.stdin)$1)"
+}
+
+# replace_api_replicas all|outdated: start-first, one replica at a time. A fresh replica, from the
+# api service's configuration now (its image included), joins and becomes healthy before an old
+# one is stopped; the old one drains on SIGTERM (readiness fails first, in-flight requests
+# finish), so capacity never drops. `outdated` replaces only the replicas that do not run the
+# configured image. Returns 1 when a newcomer is not healthy within STACK_WAIT_S, leaving it
+# for the caller (scripts/deploy rolls back).
+replace_api_replicas() {
+  local which="$1" image running=() old=() id count
+  image="$(docker_cli image inspect --format '{{.Id}}' "$(config_value '["services"]["api"]["image"]')")"
+  mapfile -t running < <(compose ps --quiet api)
+  count=${#running[@]}
+  [[ $count -gt 0 ]] || die "no api replica is running"
+  for id in "${running[@]}"; do
+    if [[ "$which" == all || "$(docker_cli inspect --format '{{.Image}}' "$id")" != "$image" ]]; then
+      old+=("$id")
+    fi
+  done
+  for id in "${old[@]}"; do
+    log "starting a replacement for $(docker_cli inspect --format '{{.Name}}' "$id")"
+    compose up --detach --wait --wait-timeout "${STACK_WAIT_S:-300}" --no-build --no-deps \
+      --no-recreate --scale "api=$((count + 1))" api || return 1
+    log "stopping $id"
+    docker_cli stop --time 45 "$id" >/dev/null
+    # Without -v: the replica's log spool volume stays, in case it still holds rows.
+    docker_cli rm "$id" >/dev/null
+  done
 }

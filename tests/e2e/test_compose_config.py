@@ -110,3 +110,20 @@ def test_the_secrets_are_files_outside_git() -> None:
     )  # fmt: skip
     assert ignored.stdout.split() == ["compose/secrets/db_password", "compose/.env"]
     assert not Path(ROOT / "compose" / ".env.example").read_text().count("PASSWORD=")
+
+
+def test_the_load_generator_runs_hardened_beside_the_stack(docker_engine: None) -> None:
+    """The loadtest profile: Locust's master and workers, on the frontend network only, one-shot,
+    with nothing published."""
+    services = resolved(COMPOSE_PROFILES="loadtest", LOCUST_WORKERS="3")["services"]
+    for name in ("locust-master", "locust-worker"):
+        service = services[name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["restart"] == "no", name
+        assert set(service["networks"]) == {"frontend"} and not service.get("ports"), name
+        assert service["healthcheck"]["test"] and service["deploy"]["resources"]["limits"], name
+    assert "--host=http://nginx:8080" in services["locust-master"]["command"]
+    assert "--expect-workers=3" in services["locust-master"]["command"]
+    assert services["locust-worker"]["deploy"]["replicas"] == 3
+    assert "locust-master" not in resolved()["services"], "off unless asked for"

@@ -9,9 +9,11 @@ response carries X-Replica-ID) is exactly one row in Postgres, whatever failed m
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import pytest
 from tests.digits_data import held_out
 from tests.e2e.docker_cli import ROOT, docker
 from tests.e2e.monitoring_rules import recording_rules
-from tests.e2e.stack import DIGITS, Load, Stack, running_stack, wait_until
+from tests.e2e.stack import API_IMAGE, DIGITS, Load, Stack, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -363,6 +365,47 @@ def test_security(stack: Stack) -> None:
             assert [b["HostIp"] for b in next(iter(published.values()))] == ["127.0.0.1"], name
         else:
             assert not published, f"{name} publishes {published}"
+
+
+def loadtest(stack: Stack, reports: Path, *options: str) -> Path:
+    """The smoke profile through nginx with scripts/loadtest; returns its report folder. Its
+    predictions count toward the one-row-each invariant: none may fail, so all were logged."""
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "loadtest"), "--target", "stack", *options, "--local", "smoke"],
+        env={**stack.env, "LOADTEST_REPORTS": str(reports)},
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    (report,) = reports.iterdir()
+    with (report / "stats_stats.csv").open(newline="") as file:
+        rows = {row["Name"]: row for row in csv.DictReader(file)}
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    assert {"digits v1 predict", "digits v2 infer", "minilm v1 embed"} <= rows.keys()
+    stack.logged += int(rows["Aggregated"]["Request Count"])
+    return report
+
+
+def test_the_smoke_load_test_passes_through_nginx(stack: Stack, tmp_path: Path) -> None:
+    report = loadtest(stack, tmp_path)
+
+    environment = json.loads((report / "environment.json").read_text())
+    assert environment["target"] == "stack" and environment["image"] == API_IMAGE
+    assert int(environment["replicas"]) >= 2
+    assert json.loads((report / "gates.json").read_text())["passed"] is True
+    # Redis is on in the stack: the cache-heavy user's repeats hit it.
+    assert environment["tallies"].get("cache hit", 0) > 0
+
+
+def test_locust_runs_distributed_in_containers_against_nginx(stack: Stack, tmp_path: Path) -> None:
+    report = loadtest(stack, tmp_path, "--workers", "2")
+
+    environment = json.loads((report / "environment.json").read_text())
+    assert environment["workers"] == 2 and environment["target"] == "stack"
+    assert environment["host"] == "http://nginx:8080"
+    assert (report / "report.html").stat().st_size > 0
+    assert json.loads((report / "gates.json").read_text())["passed"] is True
+    left = stack.compose("--profile", "loadtest", "ps", "--all", "--quiet", "locust-master")
+    assert not left.strip(), "the runner removes the Locust containers"
 
 
 def test_down_then_up_keeps_the_data_and_down_volumes_removes_it(stack: Stack) -> None:
