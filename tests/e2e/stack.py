@@ -149,6 +149,7 @@ class Load:
         self.outcomes: list[int | str] = []
         self.failed: list[str] = []  # what nginx and the replica said about each failure
         self.replicas: Counter[str] = Counter()
+        self.model_versions: list[str] = []  # X-Model-Version of each success, in order
         self.resent = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
@@ -191,6 +192,9 @@ class Load:
                         response = self.stack.predict(client, image)
                     outcome = response.status_code
                     replica = response.headers.get("x-replica-id", "-")
+                    if outcome == 200:
+                        with self._lock:
+                            self.model_versions.append(response.headers["x-model-version"])
                     if outcome != 200:
                         self.failed.append(f"{response.headers.get('x-request-id')}: "
                                            f"{response.text[:300]}")  # fmt: skip

@@ -66,3 +66,13 @@ def test_every_script_a_workflow_calls_exists_and_is_executable(path: Path) -> N
         assert os.access(ROOT / script, os.X_OK), script
     if path.name == "ci.yml":
         assert called >= {"scripts/bootstrap", "scripts/lint", "scripts/test"}
+
+
+def test_the_deploy_job_waits_for_approval_and_uses_the_deploy_script() -> None:
+    job = load(ROOT / ".github" / "workflows" / "release.yml")["jobs"]["deploy"]
+    assert job["environment"] == "production"  # its required reviewers approve each deploy
+    assert job["needs"] == "github-release"
+    assert job["permissions"] == {"contents": "read"}
+    runs = " ".join(step.get("run", "") for step in job["steps"])
+    assert "scripts/deploy" in runs and "BatchMode=yes" in runs
+    assert os.access(ROOT / "scripts" / "deploy", os.X_OK)

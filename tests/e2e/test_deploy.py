@@ -1,0 +1,141 @@
+"""The deploy drill: images pushed to a real registry on 127.0.0.1 (Debian's docker-registry),
+deployed from there onto a running stack with scripts/deploy, under load.
+
+A is the image the stack starts with; B is a release with a new version of the digits model;
+C is broken: it listens on another port, so its healthcheck never passes. No request may fail
+at any step, and the deployment record must say what runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.docker_cli import ROOT, docker
+from tests.e2e.stack import API_IMAGE, Load, Stack, running_stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
+
+PROJECT = "torchdock-deploy"
+REGISTRY = "127.0.0.1:5000"
+# A new release: version 2 of digits beside version 1 (the highest version is the default).
+VERSION_2 = """
+FROM {base}
+USER root
+RUN cp -r /opt/torchdock/models/digits/1 /opt/torchdock/models/digits/2 \\
+ && sed -i 's/"version": 1,/"version": 2,/' /opt/torchdock/models/digits/2/manifest.json \\
+ && grep -q '"version": 2,' /opt/torchdock/models/digits/2/manifest.json
+USER 10001
+"""
+BROKEN = """
+FROM {base}
+ENV PORT=8001
+"""
+
+
+@pytest.fixture(scope="module")
+def registry(docker_engine: None) -> Iterator[str]:
+    script = str(ROOT / "scripts" / "registry")
+    started = subprocess.run([script, "start"], capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    yield started.stdout.strip()
+    subprocess.run([script, "stop"], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_engine: None, registry: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("deploy-stack")
+    with running_stack(work, PROJECT, settings="API_REPLICAS=2\n") as stack:
+        stack.env["DEPLOY_DIR"] = str(work / "deployments")
+        stack.env["DEPLOY_TIMEOUT_S"] = "90"
+        yield stack
+
+
+def build(dockerfile: str, tag: str) -> None:
+    docker("build", "--quiet", "--tag", tag, "-", input_text=dockerfile.format(base=API_IMAGE))
+
+
+def publish(source: str, target: str) -> str:
+    published = subprocess.run([str(ROOT / "scripts" / "publish-image"), source, target],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    return published.stdout.strip()
+
+
+def deploy(stack: Stack, image: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "deploy"), "--local", image],
+        env=stack.env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def running_images(stack: Stack) -> set[str]:
+    return {c["Image"] for c in stack.containers("api")}
+
+
+def image_id(reference: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.strip()
+
+
+def record(stack: Stack) -> tuple[dict[str, str], list[dict[str, str]]]:
+    directory = Path(stack.env["DEPLOY_DIR"])
+    history = [json.loads(line) for line in (directory / "history.jsonl").read_text().splitlines()]
+    return json.loads((directory / "current").read_text()), history
+
+
+def declared_image(stack: Stack) -> str:
+    settings = Path(stack.env["TORCHDOCK_ENV_FILE"]).read_text().splitlines()
+    return next(line.split("=", 1)[1] for line in settings if line.startswith("TORCHDOCK_IMAGE="))
+
+
+def test_deploy_from_the_registry_then_a_new_release_then_roll_back_a_broken_one(
+    stack: Stack, registry: str
+) -> None:
+    a, b, c = (f"{registry}/torchdock:{v}" for v in ("a", "b", "c"))
+    digest_a = publish(API_IMAGE, a)
+    build(VERSION_2, b)
+    publish(b, b)
+    build(BROKEN, c)
+    publish(c, c)
+    for tag in (a, b, c):  # what deploy runs must come from the registry
+        docker("rmi", tag)
+
+    # 1. A, from the registry: the same image the stack runs, so nothing is replaced.
+    first = deploy(stack, a)
+    assert first.returncode == 0, first.stderr[-4000:]
+    current, history = record(stack)
+    assert current["image"] == a and current["digest"] == digest_a
+    assert declared_image(stack) == a and running_images(stack) == {image_id(a)}
+
+    # 2. B under load: every request succeeds, and the answers move to model version 2.
+    with Load(stack, rate=20) as load:
+        time.sleep(3)
+        second = deploy(stack, b)
+        time.sleep(8)  # nginx follows the new replicas within a few seconds
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert load.failures == [], load.explain()
+    assert load.model_versions[0] == "1" and load.model_versions[-1] == "2"
+    assert running_images(stack) == {image_id(b)}
+    current, history = record(stack)
+    assert current["image"] == b and current["previous"] == a
+    assert declared_image(stack) == b
+
+    # 3. C never becomes healthy: the deploy rolls back to B, and no request fails meanwhile.
+    with Load(stack, rate=20) as load:
+        third = deploy(stack, c)
+    assert third.returncode == 1, third.stderr[-4000:]
+    assert "rolling back" in third.stderr
+    assert load.failures == [], load.explain()
+    assert set(load.model_versions) == {"2"}, "only B's replicas may answer"
+    assert running_images(stack) == {image_id(b)} and len(stack.containers("api")) == 2
+    current, history = record(stack)
+    assert current["image"] == b, "the record still names what runs"
+    assert [h["outcome"] for h in history] == ["deployed", "deployed", "rolled-back"]
+    assert history[-1]["image"] == c and declared_image(stack) == b
+    stack.wait_for_rows()
