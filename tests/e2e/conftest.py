@@ -21,3 +21,13 @@ def docker_engine() -> Iterator[None]:
     subprocess.run([str(engine), "reclaim"], capture_output=True, check=False)
     # Stops the engine only if the script started it (it keeps the PID).
     subprocess.run([str(engine), "stop"], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def registry(docker_engine: None) -> Iterator[str]:
+    """A real registry on 127.0.0.1 (scripts/registry): its address, to push to and pull from."""
+    script = str(ROOT / "scripts" / "registry")
+    started = subprocess.run([script, "start"], capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    yield started.stdout.strip()
+    subprocess.run([script, "stop"], capture_output=True, check=False)

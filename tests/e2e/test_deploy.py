@@ -38,15 +38,6 @@ ENV PORT=8001
 
 
 @pytest.fixture(scope="module")
-def registry(docker_engine: None) -> Iterator[str]:
-    script = str(ROOT / "scripts" / "registry")
-    started = subprocess.run([script, "start"], capture_output=True, text=True, check=False)
-    assert started.returncode == 0, started.stderr
-    yield started.stdout.strip()
-    subprocess.run([script, "stop"], capture_output=True, check=False)
-
-
-@pytest.fixture(scope="module")
 def stack(
     docker_engine: None, registry: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
