@@ -162,3 +162,10 @@ def test_the_dev_redis_is_set_as_the_compose_one() -> None:
     assert given["--maxmemory-policy"] == conf["maxmemory-policy"][0]
     assert given["--appendonly"] == conf["appendonly"][0]
     assert given["--save"] == " ".join(conf["save"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_everything_lands_in_the_torchdock_namespace(overlay: str) -> None:
+    for obj in render(overlay):
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "torchdock", (obj["kind"], obj["metadata"])
