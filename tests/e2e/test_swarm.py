@@ -81,18 +81,21 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         yield stack
     finally:
         docker("stack", "rm", STACK, check=False)
+        wait_until(lambda: not stack_containers(running=True), 120, "the stack's tasks stopped")
         docker("swarm", "leave", "--force", check=False)
-        wait_until(lambda: not stack_containers(), 120, "the swarm's tasks gone")
+        # Stopped task containers stay behind the swarm: they hold the volumes.
+        if leftovers := stack_containers(running=False):
+            docker("rm", "--force", *leftovers, check=False)
         for volume in docker("volume", "ls", "--quiet").stdout.split():
             if volume.startswith(f"{STACK}_"):
                 docker("volume", "rm", volume, check=False)
+        assert not stack_containers(running=False)
 
 
-def stack_containers() -> list[str]:
-    found = docker(
-        "ps", "--all", "--quiet", "--filter", f"label=com.docker.stack.namespace={STACK}"
-    )
-    return found.stdout.split()
+def stack_containers(*, running: bool) -> list[str]:
+    every = [] if running else ["--all"]
+    label = f"label=com.docker.stack.namespace={STACK}"
+    return docker("ps", *every, "--quiet", "--filter", label).stdout.split()
 
 
 def stack_answers(stack: Stack) -> bool:
