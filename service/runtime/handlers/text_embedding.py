@@ -108,6 +108,9 @@ class TextEmbeddingHandler(ModelHandler[str, Embedding]):
         prepared = self.preprocess(items)
         ids, mask = prepared.inputs
         counts, truncated = prepared.context
+        # The usual batch fits in one pass: it goes as tokenised, with no sort and no copy.
+        if len(items) * max(counts) <= TOKENS_PER_PASS:
+            return [(list(range(len(items))), prepared)]
         passes: list[tuple[list[int], Prepared]] = []
         chunk: list[int] = []
         # Ascending lengths: the text being added is the longest of its pass.
