@@ -16,25 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.docker_cli import ROOT, docker
+from tests.e2e.releases import BROKEN, VERSION_2, build, publish
 from tests.e2e.stack import API_IMAGE, Load, Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
 PROJECT = "torchdock-deploy"
-REGISTRY = "127.0.0.1:5000"
-# A new release: version 2 of digits beside version 1 (the highest version is the default).
-VERSION_2 = """
-FROM {base}
-USER root
-RUN cp -r /opt/torchdock/models/digits/1 /opt/torchdock/models/digits/2 \\
- && sed -i 's/"version": 1,/"version": 2,/' /opt/torchdock/models/digits/2/manifest.json \\
- && grep -q '"version": 2,' /opt/torchdock/models/digits/2/manifest.json
-USER 10001
-"""
-BROKEN = """
-FROM {base}
-ENV PORT=8001
-"""
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +33,6 @@ def stack(
         stack.env["DEPLOY_DIR"] = str(work / "deployments")
         stack.env["DEPLOY_TIMEOUT_S"] = "90"
         yield stack
-
-
-def build(dockerfile: str, tag: str) -> None:
-    docker("build", "--quiet", "--tag", tag, "-", input_text=dockerfile.format(base=API_IMAGE))
-
-
-def publish(source: str, target: str) -> str:
-    published = subprocess.run([str(ROOT / "scripts" / "publish-image"), source, target],
-                               capture_output=True, text=True, check=False)  # fmt: skip
-    assert published.returncode == 0, published.stderr
-    return published.stdout.strip()
 
 
 def deploy(stack: Stack, image: str) -> subprocess.CompletedProcess[str]:

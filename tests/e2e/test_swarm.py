@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from tests.e2e.docker_cli import ROOT, docker
+from tests.e2e.releases import BROKEN, VERSION_2, build, publish
 from tests.e2e.server import free_port
 from tests.e2e.stack import API_IMAGE, Load, Stack, wait_until
-from tests.e2e.test_deploy import BROKEN, VERSION_2, build, publish
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
