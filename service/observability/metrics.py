@@ -6,7 +6,9 @@ this module is imported, prometheus_client writes per-process files that /metric
 
 from __future__ import annotations
 
+import glob
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 
 from prometheus_client import (
@@ -19,6 +21,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 _MODEL = ("model_name", "model_version")
 # Latency buckets from 1 ms to 10 s: batching adds milliseconds, timeouts are seconds.
@@ -107,6 +110,11 @@ MODEL_READY = Gauge(
     _MODEL,
     multiprocess_mode="livemax",
 )
+WORKERS_READY = Gauge(
+    "torchdock_workers_ready",
+    "Server workers that have loaded their models and accept connections.",
+    multiprocess_mode="livesum",
+)
 
 
 CACHE_RESULTS = Counter(
@@ -172,10 +180,32 @@ def http_latency(method: str, route: str) -> Histogram:
     return HTTP_LATENCY.labels(method, route)
 
 
+class _StartedProcessesCollector(multiprocess.MultiProcessCollector):
+    """Skips the files of a worker that is starting right now.
+
+    A worker creates its file empty and sizes it a moment later; prometheus_client reads an empty
+    file as a struct error, and the whole scrape failed with a 500 while a worker (re)started.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        merged: Iterable[Metric] = self.merge(  # type: ignore[no-untyped-call]
+            [f for f in files if _has_header(f)], accumulate=True
+        )
+        return merged
+
+
+def _has_header(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= 8
+    except OSError:  # the worker's files were removed as it exited
+        return False
+
+
 def render_latest() -> tuple[bytes, str]:
     """The exposition text for every live process (multiprocess mode) or this one."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        _StartedProcessesCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
