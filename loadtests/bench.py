@@ -21,11 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import orjson
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.httpload import LoadResult, build_request, run_load
 from service.config import available_cpus, load_settings
@@ -164,6 +167,7 @@ class Server:
     def __init__(self, repository: Path, env: dict[str, str], log: Path) -> None:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
+        self.workers = int(env.get("WORKERS", 0)) or load_settings().effective_workers()
         self._log = log.open("wb")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "torchdock"), "serve", "--port", str(self.port)],
@@ -181,24 +185,29 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 120) -> None:
+        """Until every worker is ready: one ready early would take every connection."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("server exited; see its log")
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                if self._metric("torchdock_workers_ready") >= self.workers:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
         raise TimeoutError("server not ready")
 
-    def batch_totals(self) -> tuple[float, float]:
+    def _families(self) -> Iterable[Metric]:
         text = httpx.get(self.url + "/metrics", timeout=10).text
-        from prometheus_client.parser import text_string_to_metric_families
+        return text_string_to_metric_families(text)
 
+    def _metric(self, name: str) -> float:
+        return sum(s.value for f in self._families() for s in f.samples if s.name == name)
+
+    def batch_totals(self) -> tuple[float, float]:
         total = count = 0.0
-        for family in text_string_to_metric_families(text):
+        for family in self._families():
             for s in family.samples:
                 if s.labels.get("model_name") != "minilm":
                     continue

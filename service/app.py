@@ -16,6 +16,7 @@ from service.api.middleware import RequestContextMiddleware
 from service.api.routes import admin, ops, v1, v2
 from service.config import Settings, get_settings
 from service.lifecycle import Lifecycle
+from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import TorchThread
@@ -89,9 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await prediction_log.start()
         await registry.load_all()
         logger.info("readiness", extra={"ready": registry.ready})
+        metrics.WORKERS_READY.set(1)
         try:
             yield
         finally:
+            metrics.WORKERS_READY.set(0)
             lifecycle.begin_drain()
             try:
                 await registry.stop()
