@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 from service.config import Settings
+from service.server.fair_accept import FairAcceptServer
 
 
 class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
@@ -27,6 +30,15 @@ class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
         # uvicorn waits for in-flight requests forever unless told otherwise; stop just before
         # gunicorn's own graceful timeout would SIGKILL the worker.
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+
+    async def _serve(self) -> None:
+        # uvicorn_worker's own _serve, with a server that balances connections across workers.
+        self.config.app = self.wsgi
+        server = FairAcceptServer(config=self.config, fair=self.cfg.workers > 1)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.prom import sample_value
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,6 +24,7 @@ def free_port() -> int:
 class ServerProcess:
     def __init__(self, *, env: dict[str, str], workers: int, log_path: Path) -> None:
         self.port = free_port()
+        self.workers = workers
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         command = [
@@ -41,12 +44,15 @@ class ServerProcess:
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until every worker is ready, so that no test depends on which one started first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if httpx.get(f"{self.base_url}/v2/health/ready", timeout=1).status_code == 200:
+                ready = httpx.get(f"{self.base_url}/v2/health/ready", timeout=1).status_code == 200
+                metrics = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+                if ready and sample_value(metrics, "torchdock_workers_ready") >= self.workers:
                     return
             except httpx.TransportError:
                 pass

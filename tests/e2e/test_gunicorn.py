@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.digits_data import held_out
@@ -98,6 +100,42 @@ def test_serves_predictions_and_aggregates_metrics(start_server: StartServer) ->
             break
     else:
         pytest.fail("no JSON access line carries the request id e2e-7")
+
+
+def test_a_burst_of_keepalive_connections_is_spread_over_the_workers(
+    start_server: StartServer,
+) -> None:
+    # A client pool opening its connections at once: the worker woken first used to take all
+    # of them, and with one request per connection at a time it got all of the load too.
+    server = start_server(workers=2)
+
+    def held_per_worker() -> dict[int, int]:
+        return {
+            worker.pid: sum(
+                1
+                for c in worker.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port
+            )
+            for worker in psutil.Process(server.process.pid).children()
+        }
+
+    async def burst() -> dict[int, int]:
+        async def one() -> asyncio.StreamWriter:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")  # answered, so a worker has accepted it
+            return writer
+
+        writers = await asyncio.gather(*(one() for _ in range(32)))
+        held = held_per_worker()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        return held
+
+    held = asyncio.run(burst())
+    assert sum(held.values()) == 32
+    assert min(held.values()) >= 10, f"connections per worker: {held}"
 
 
 def test_sigterm_drains_then_exits(start_server: StartServer) -> None:
