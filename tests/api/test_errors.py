@@ -67,23 +67,30 @@ async def test_bad_bodies(
     _assert_problem(r, status, slug)
 
 
-async def test_nan_and_out_of_range_rejected(client: httpx.AsyncClient) -> None:
-    nan_grid = b'{"instances": [[' + b",".join([b"NaN"] * 64) + b"]]}"
-    r = await client.post(
-        "/v1/models/digits:predict", content=nan_grid, headers={"content-type": "application/json"}
-    )
-    assert "NaN" in _assert_problem(r, 422, "invalid-input")["detail"]
+async def test_nan_and_infinity_are_not_json(client: httpx.AsyncClient) -> None:
+    # Python's json module accepts NaN, Infinity and 1e999 (as inf); they are not JSON.
+    for literal in (b"NaN", b"Infinity", b"1e999"):
+        grid = b'{"instances": [[' + b",".join([literal] * 64) + b"]]}"
+        r = await client.post(
+            "/v1/models/digits:predict", content=grid, headers={"content-type": "application/json"}
+        )
+        _assert_problem(r, 400, "malformed-json")
+        v2 = (
+            b'{"inputs":[{"name":"pixels","shape":[1,8,8],"datatype":"FP32","data":['
+            + b",".join([literal] * 64)
+            + b"]}]}"
+        )
+        r = await client.post(
+            "/v2/models/digits/infer", content=v2, headers={"content-type": "application/json"}
+        )
+        _assert_problem(r, 400, "malformed-json")
+
+
+async def test_out_of_range_rejected(client: httpx.AsyncClient) -> None:
     too_big = [[99.0] * 8 for _ in range(8)]
     r = await client.post("/v1/models/digits:predict", json={"instances": [too_big]})
     _assert_problem(r, 422, "invalid-input")
-    v2_nan = (
-        b'{"inputs":[{"name":"pixels","shape":[1,8,8],"datatype":"FP32","data":['
-        + b",".join([b"NaN"] * 64)
-        + b"]}]}"
-    )
-    r = await client.post(
-        "/v2/models/digits/infer", content=v2_nan, headers={"content-type": "application/json"}
-    )
+    r = await client.post("/v2/models/digits/infer", json=_v2([99.0] * 64, [1, 8, 8]))
     _assert_problem(r, 422, "invalid-input")
 
 

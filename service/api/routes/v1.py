@@ -9,9 +9,10 @@ from starlette.responses import Response
 
 from service.api.deps import State
 from service.api.inference import PredictionRecord, json_response, predict, resolve_model
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import PredictRequest
 
-router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False)
+router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False, route_class=OrjsonRoute)
 
 
 @router.get("/models", summary="Every model served here, with its versions and state")

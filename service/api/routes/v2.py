@@ -16,12 +16,13 @@ from service.api.inference import (
     predict,
     resolve_model,
 )
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
 from service.runtime.errors import ModelNotReady
 
 # V2 clients (tritonclient, for one) send JSON without a Content-Type: parse it anyway.
-router = APIRouter(prefix="/v2", tags=["v2"], strict_content_type=False)
+router = APIRouter(prefix="/v2", tags=["v2"], strict_content_type=False, route_class=OrjsonRoute)
 PLATFORM = "pytorch_torchexport"
 
 

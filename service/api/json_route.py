@@ -1,0 +1,32 @@
+"""Request bodies parsed by orjson: Starlette parses with the standard library's json.
+
+A V1 digits body (64 nested floats) spent ~8% of the event loop's time in json.decoder. orjson
+is also stricter where it matters here: NaN and Infinity are not JSON, and it refuses them.
+Its JSONDecodeError subclasses json.JSONDecodeError, so FastAPI's error path is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+
+class OrjsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class OrjsonRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def parse_with_orjson(request: Request) -> Response:
+            return await handler(OrjsonRequest(request.scope, request.receive))
+
+        return parse_with_orjson
