@@ -77,10 +77,11 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
                 f"send the body as JSON with Content-Type: application/json, not {content_type}",
             )
         )
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(
-            Problem(400, "malformed-json", "Malformed JSON", "the request body is not valid JSON")
-        )
+    invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        reason = (invalid.get("ctx") or {}).get("error")
+        detail = "the request body is not valid JSON" + (f": {reason}" if reason else "")
+        return problem_response(Problem(400, "malformed-json", "Malformed JSON", detail))
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in errors
     ]

@@ -7,6 +7,7 @@ Its JSONDecodeError subclasses json.JSONDecodeError, so FastAPI's error path is 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,11 +15,22 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+# What other JSON encoders write for non-finite floats (Python's json, tritonclient).
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")
+
 
 class OrjsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())
+            body = await self.body()
+            try:
+                self._json = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                if e.doc.startswith(_NON_FINITE, e.pos):
+                    raise json.JSONDecodeError(
+                        "NaN and Infinity are not JSON numbers", e.doc, e.pos
+                    ) from None
+                raise
         return self._json
 
 

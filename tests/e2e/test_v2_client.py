@@ -81,7 +81,7 @@ def test_errors_surface_as_client_exceptions(server: ServerProcess) -> None:
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     pixels = httpclient.InferInput("pixels", [1, 8, 8], "FP32")
     pixels.set_data_from_numpy(np.full((1, 8, 8), np.nan, dtype=np.float32), binary_data=False)
-    with pytest.raises(InferenceServerException, match="NaN"):
+    with pytest.raises(InferenceServerException, match="NaN and Infinity are not JSON"):
         client.infer("digits", [pixels])
     with pytest.raises(InferenceServerException, match="not served"):
         client.get_model_metadata("absent")
