@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -51,16 +53,48 @@ def ensure_repository(path: Path | None) -> Path:
     return root
 
 
-def measure_ceiling(
-    repository: Path,
-    *,
-    precision: str,
-    threads: int,
-    batch_sizes: list[int],
-    seconds: float,
-    device_name: str = "cpu",
-) -> dict[int, float]:
-    """Sentences/s of the served code path (handler + artifact) with no server around it."""
+class CeilingPool:
+    """`workers` processes with the served artifact loaded, each looping on its own torch thread
+    at once, so that the ceiling can be measured again right next to every served point: on a
+    shared machine the hardware's pace drifts by ±10% between minutes."""
+
+    def __init__(
+        self, repository: Path, *, precision: str, workers: int, threads: int, device_name: str
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipes: list[Connection] = []
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        for _ in range(workers):
+            here, there = context.Pipe()
+            process = context.Process(
+                target=_ceiling_worker,
+                args=(there, repository, precision, threads, device_name),
+                daemon=True,
+            )
+            process.start()
+            self._pipes.append(here)
+            self._processes.append(process)
+        for pipe in self._pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a ceiling process failed to load the model")
+
+    def measure(self, batch: int, seconds: float) -> float:
+        """Sentences/s of all the processes together, each running batches of `batch`."""
+        for pipe in self._pipes:
+            pipe.send((batch, seconds))
+        return float(sum(pipe.recv() for pipe in self._pipes))
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            pipe.send(None)
+        for process in self._processes:
+            process.join(timeout=30)
+
+
+def _ceiling_worker(
+    pipe: Connection, repository: Path, precision: str, threads: int, device_name: str
+) -> None:
+    """The served code path (handler + artifact) with no server around it."""
     from service.runtime.device import choose_precision, resolve_device
     from service.runtime.executor import TorchThread
     from service.runtime.manifest import Manifest
@@ -69,12 +103,12 @@ def measure_ceiling(
     directory = repository / "minilm" / "1"
     manifest = Manifest.read(directory)
     torch_thread = TorchThread(threads=threads)
-    device = resolve_device(device_name)
+    loop = asyncio.new_event_loop()
+    device = loop.run_until_complete(torch_thread.run(resolve_device, device_name))
     choice = choose_precision(precision, manifest.precision, device, model="minilm")
     policy = BatchPolicy(enabled=True, max_batch_size=256, max_delay_s=0, max_queue_items=256)
-
-    async def run() -> dict[int, float]:
-        model = await torch_thread.run(
+    model = loop.run_until_complete(
+        torch_thread.run(
             load_model,
             manifest=manifest,
             artifact=directory / manifest.artifact,
@@ -83,75 +117,47 @@ def measure_ceiling(
             torch_thread=torch_thread,
             policy=policy,
         )
-        texts = sentences()
+    )
+    texts = sentences()
 
-        def loop(batch: int) -> float:
-            items = [texts[i % len(texts)] for i in range(batch)]
-            for _ in range(3):
-                model.forward(items)
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                offset = done % len(texts)
-                model.forward([texts[(offset + i) % len(texts)] for i in range(batch)])
-                done += batch
-            return done / (time.perf_counter() - started)
+    def run(batch: int, seconds: float) -> float:
+        items = [texts[i % len(texts)] for i in range(batch)]
+        for _ in range(3):
+            model.forward(items)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            offset = done % len(texts)
+            model.forward([texts[(offset + i) % len(texts)] for i in range(batch)])
+            done += batch
+        return done / (time.perf_counter() - started)
 
-        return {b: await torch_thread.run(loop, b) for b in batch_sizes}
-
+    pipe.send("ready")
     try:
-        return asyncio.run(run())
+        while (command := pipe.recv()) is not None:
+            batch, seconds = command
+            pipe.send(loop.run_until_complete(torch_thread.run(run, batch, seconds)))
     finally:
         torch_thread.shutdown()
+        loop.close()
 
 
-def measure_layout_ceiling(
-    repository: Path,
-    *,
-    precision: str,
-    workers: int,
-    threads: int,
-    batch_sizes: list[int],
-    seconds: float,
-    device_name: str = "cpu",
-) -> dict[int, float]:
-    """The ceiling of `workers` processes with `threads` torch threads each, run at once."""
-    part = (repository, precision, threads, batch_sizes, seconds, device_name)
-    if workers == 1:
-        return _ceiling_part(*part)
-    import multiprocessing
+@dataclass(frozen=True)
+class Point:
+    result: LoadResult
+    mean_batch: float
+    # The ceiling at the batch size the server formed, measured right after this point.
+    adjacent_ceiling: float
 
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
-        parts = pool.starmap(
-            _ceiling_part,
-            [part] * workers,
-        )
-    return {b: sum(part[b] for part in parts) for b in batch_sizes}
-
-
-def _ceiling_part(
-    repository: Path,
-    precision: str,
-    threads: int,
-    batch_sizes: list[int],
-    seconds: float,
-    device_name: str,
-) -> dict[int, float]:
-    return measure_ceiling(
-        repository,
-        precision=precision,
-        threads=threads,
-        batch_sizes=batch_sizes,
-        seconds=seconds,
-        device_name=device_name,
-    )
+    @property
+    def adjacent_batch(self) -> int:
+        return max(1, round(self.mean_batch))
 
 
 @dataclass
 class ServerRun:
     label: str
     env: dict[str, str]
-    results: list[tuple[LoadResult, float]] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
 
 
@@ -242,7 +248,13 @@ def requests_for(port: int) -> list[bytes]:
 
 
 def run_server(
-    run: ServerRun, repository: Path, concurrencies: list[int], seconds: float, logs: Path
+    run: ServerRun,
+    repository: Path,
+    concurrencies: list[int],
+    seconds: float,
+    logs: Path,
+    ceiling: CeilingPool,
+    ceiling_seconds: float,
 ) -> None:
     server = Server(repository, run.env, logs / f"{run.label.replace(' ', '_')}.log")
     try:
@@ -262,7 +274,9 @@ def run_server(
             after = server.batch_totals()
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else 0.0
-            run.results.append((result, mean_batch))
+            # The server is idle now: its workers hold memory, not CPU.
+            adjacent = ceiling.measure(max(1, round(mean_batch)), ceiling_seconds)
+            run.points.append(Point(result, mean_batch, adjacent))
         run.rss_mb = server.worker_rss_mb()
     finally:
         server.stop()
@@ -285,17 +299,23 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
         "",
         f"## Server (gunicorn + uvicorn), {available_cpus()} CPUs shared with the load generator",
         "",
+        "The last but two column is of the ceiling at the batch size the server formed, measured"
+        " right after the point (in sentences/s); the one before it, of the best ceiling above.",
+        "",
         "| setting | conc. | req/s | p50 ms | p99 ms | p99/p50 | errors | mean batch |"
-        " of best ceiling | client CPU | worker RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " of best ceiling | of ceiling next to it | client CPU | worker RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         rss = "/".join(f"{r:.0f}" for r in run.rss_mb)
-        for result, mean_batch in run.results:
+        for point in run.points:
+            result = point.result
             lines.append(
                 f"| {run.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.1f}"
                 f" | {result.p99_ms:.1f} | {result.p99_ms / result.p50_ms:.2f} | {result.errors}"
-                f" | {mean_batch:.1f} | {result.rps / best:.2f}"
+                f" | {point.mean_batch:.1f} | {result.rps / best:.2f}"
+                f" | {result.rps / point.adjacent_ceiling:.2f}"
+                f" ({point.adjacent_ceiling:,.0f} at {point.adjacent_batch})"
                 f" | {result.client_cpu_s / result.seconds:.0%} | {rss} |"
             )
     return "\n".join(lines)
@@ -322,19 +342,23 @@ def main(argv: list[str] | None = None) -> int:
     cpus = available_cpus()
     os.environ["BENCH_DEVICE"] = args.device
     defaults = load_settings(device=args.device)
-    layouts = {(1, cpus), (defaults.effective_workers(), defaults.effective_torch_threads())}
-    ceilings = {
-        f"{w} proc x {t} threads": measure_layout_ceiling(
+    served_layout = (defaults.effective_workers(), defaults.effective_torch_threads())
+    ceilings: dict[str, dict[int, float]] = {}
+    pools: dict[tuple[int, int], CeilingPool] = {}
+    for workers, threads in sorted({(1, cpus), served_layout}):
+        pool = pools[(workers, threads)] = CeilingPool(
             repository,
             precision=args.precision,
-            workers=w,
-            threads=t,
-            batch_sizes=args.batch_sizes,
-            seconds=args.ceiling_seconds,
+            workers=workers,
+            threads=threads,
             device_name=args.device,
         )
-        for w, t in sorted(layouts)
-    }
+        ceilings[f"{workers} proc x {threads} threads"] = {
+            b: pool.measure(b, args.ceiling_seconds) for b in args.batch_sizes
+        }
+        if (workers, threads) != served_layout:
+            pool.close()
+    adjacent, ceiling_s = pools[served_layout], args.ceiling_seconds
     base = {"PRECISION": args.precision}
     candidates = {
         "off": ServerRun(
@@ -345,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs = [candidates[k] for k in (args.only or ["off", "default", "tuned"])]
     logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
-    for run in runs:
-        run_server(run, repository, args.concurrency, args.seconds, logs)
+    try:
+        for run in runs:
+            run_server(run, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s)
+    finally:
+        adjacent.close()
     print(report(ceilings, runs, precision=args.precision))
     if args.json:
         args.json.write_text(
@@ -365,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
                                     "p50_ms": res.p50_ms,
                                     "p99_ms": res.p99_ms,
                                     "errors": res.errors,
-                                    "mean_batch": mb,
+                                    "mean_batch": p.mean_batch,
+                                    "adjacent_ceiling": p.adjacent_ceiling,
                                 }
-                                for res, mb in r.results
+                                for p in r.points
+                                for res in [p.result]
                             ],
                         }
                         for r in runs

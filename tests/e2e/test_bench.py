@@ -21,11 +21,13 @@ def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Best ceiling" in completed.stdout
+    assert "of ceiling next to it" in completed.stdout
     figures = json.loads(raw.read_text())
     assert all(v > 0 for ceiling in figures["ceilings"].values() for v in ceiling.values())
     points = [p for run in figures["runs"] for p in run["points"]]
     assert len(points) == 4
     assert all(p["errors"] == 0 and p["rps"] > 0 for p in points)
+    assert all(p["adjacent_ceiling"] > 0 for p in points)
     off, default = figures["runs"]
     assert all(p["mean_batch"] == 1.0 for p in off["points"])
     assert all(r > 0 for r in default["rss_mb"])
