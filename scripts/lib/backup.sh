@@ -19,6 +19,16 @@ BACKUP_AGE_IDENTITY="$(setting BACKUP_AGE_IDENTITY "")"
 BACKUP_KEEP_DAILY="$(setting BACKUP_KEEP_DAILY 7)"
 BACKUP_KEEP_WEEKLY="$(setting BACKUP_KEEP_WEEKLY 4)"
 
+# postgres_client PROGRAM ARGS...: a Postgres client program in the postgres container, over
+# TCP as postgres, with the password read there from the Docker secret: it is never on a
+# command line, in this shell, or in a log.
+postgres_client() {
+  # shellcheck disable=SC2016  # expanded by the container's shell, not this one
+  compose exec -T postgres sh -c \
+    'PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")" exec "$@"' sh \
+    "$@" --host=127.0.0.1 --username=postgres
+}
+
 # Volumes copied as tarballs, by service: their data has no logical dump.
 declare -A VOLUME_OF=([prometheus]=/prometheus [alertmanager]=/alertmanager)
 

@@ -122,7 +122,7 @@ def test_a_corrupted_or_partial_backup_is_refused(stack: Stack, backups: Path) -
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0x01
     dump.write_bytes(bytes(data))
-    refused = script(stack, "restore", "--yes", str(corrupt))
+    refused = script(stack, "restore", str(corrupt), "--yes")  # options after the path too
     assert refused.returncode != 0
     assert "failed its checksums: refusing it" in refused.stderr
     assert "postgres.dump: sha256 differs from the manifest" in refused.stderr
