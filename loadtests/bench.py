@@ -146,11 +146,8 @@ class Point:
     result: LoadResult
     mean_batch: float
     # The ceiling at the batch size the server formed, measured right after this point.
+    adjacent_batch: int
     adjacent_ceiling: float
-
-    @property
-    def adjacent_batch(self) -> int:
-        return max(1, round(self.mean_batch))
 
 
 @dataclass
@@ -275,8 +272,9 @@ def run_server(
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else 0.0
             # The server is idle now: its workers hold memory, not CPU.
-            adjacent = ceiling.measure(max(1, round(mean_batch)), ceiling_seconds)
-            run.points.append(Point(result, mean_batch, adjacent))
+            formed = max(1, round(mean_batch))
+            adjacent = ceiling.measure(formed, ceiling_seconds)
+            run.points.append(Point(result, mean_batch, formed, adjacent))
         run.rss_mb = server.worker_rss_mb()
     finally:
         server.stop()
@@ -387,16 +385,16 @@ def main(argv: list[str] | None = None) -> int:
                             "rss_mb": r.rss_mb,
                             "points": [
                                 {
-                                    "concurrency": res.concurrency,
-                                    "rps": res.rps,
-                                    "p50_ms": res.p50_ms,
-                                    "p99_ms": res.p99_ms,
-                                    "errors": res.errors,
+                                    "concurrency": p.result.concurrency,
+                                    "rps": p.result.rps,
+                                    "p50_ms": p.result.p50_ms,
+                                    "p99_ms": p.result.p99_ms,
+                                    "errors": p.result.errors,
                                     "mean_batch": p.mean_batch,
+                                    "adjacent_batch": p.adjacent_batch,
                                     "adjacent_ceiling": p.adjacent_ceiling,
                                 }
                                 for p in r.points
-                                for res in [p.result]
                             ],
                         }
                         for r in runs
