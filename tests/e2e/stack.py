@@ -74,7 +74,11 @@ class Stack:
         return response
 
     def wait_for_rows(self, timeout: float = 90) -> None:
-        wait_until(lambda: self.rows() == self.logged, timeout, "every prediction logged")
+        try:
+            wait_until(lambda: self.rows() == self.logged, timeout, "every prediction logged")
+        except AssertionError as e:
+            # Which way it is off tells a lost row (fewer) from a miscounted client (more).
+            raise AssertionError(f"{e}: {self.rows()} rows, {self.logged} answered") from None
         time.sleep(1)
         assert self.rows() == self.logged, "no row may be logged twice"
 

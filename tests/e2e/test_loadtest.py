@@ -1,20 +1,24 @@
 """Locust against a real gunicorn process, through the runner a load tester uses
 (scripts/loadtest): the smoke profile passes its gates and keeps a full report; an impossible
-gate fails the run; compare.py reads two reports."""
+gate fails the run; compare.py reads two reports; a distributed run counts every request."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +140,61 @@ def test_an_impossible_threshold_fails_the_run(
     failed = [v for v in verdict["verdicts"] if not v["passed"]]
     assert [v["gate"] for v in failed] == ["p99 ms"] and failed[0]["limit"] == 0.1
     assert verdict["passed"] is False
+
+
+def predictions_served(server: ServerProcess) -> int:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "torchdock_prediction_requests_total"
+        )
+    )
+
+
+def test_a_distributed_run_counts_the_requests_in_flight_at_its_end(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Locust's headless master wrote its CSV 0.5 s after telling the workers to quit, before
+    they had reported the requests their users were still waiting on. The server is paused
+    across the end of the run, so that every user has a request in flight then."""
+    locust = str(Path(sys.executable).parent / "locust")
+    port = free_port()
+    served_before = predictions_served(server)
+    master_log = tmp_path / "master.log"
+    with master_log.open("wb") as log:
+        master = subprocess.Popen(
+            [locust, "--config", "loadtests/locust.conf", "--host", server.base_url,
+             "--master", "--master-bind-port", str(port), "--expect-workers", "2",
+             "--run-time", "6s", "--slo-p99-ms", "60000", "--csv", str(tmp_path / "stats")],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        worker = [locust, "--config", "loadtests/locust.conf", "--worker", "--master-port"]
+        workers = [
+            subprocess.Popen(
+                [*worker, str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for _ in range(2)
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while "Shape test starting" not in master_log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, master_log.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(3)
+            os.killpg(server.process.pid, signal.SIGSTOP)
+            try:
+                time.sleep(6)  # the run ends 6 s after it started
+            finally:
+                os.killpg(server.process.pid, signal.SIGCONT)
+            assert master.wait(timeout=60) == 0, master_log.read_text()[-3000:]
+        finally:
+            for process in (master, *workers):
+                process.kill()
+                process.wait(timeout=10)
+
+    counted = int(stats(tmp_path)["Aggregated"]["Request Count"])
+    assert counted > 0
+    assert counted == predictions_served(server) - served_before
