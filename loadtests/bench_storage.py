@@ -18,8 +18,9 @@ from pathlib import Path
 import orjson
 import redis
 
-from loadtests.bench import HOST, Server, ensure_repository, sentences
+from loadtests.bench import HOST, Server, ensure_repository
 from loadtests.httpload import LoadResult, build_request, run_load
+from loadtests.payloads import sentences
 
 
 def _bodies(model: str, count: int, seed: int) -> list[bytes]:
