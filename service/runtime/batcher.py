@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 # The share of a request's remaining time that its expected queue wait may take.
 ADMISSION_MARGIN = 0.5
+# Whether a request's client is still there is asked only once the request has waited this
+# long: clients that leave are ones kept waiting, and the question (a receive under a
+# cancelled scope) took 6.5% of the event loop's time when every request was asked.
+ABANDONED_CHECK_AFTER_S = 0.1
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -72,8 +76,10 @@ class DynamicBatcher(Generic[In, Out]):
         max_queue_items: int,
         enabled: bool,
         observer: BatchObserver,
+        check_abandoned_after_s: float = ABANDONED_CHECK_AFTER_S,
     ) -> None:
         self.name = name
+        self.check_abandoned_after_s = check_abandoned_after_s
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_items = max(max_queue_items, max_batch_size)
@@ -217,7 +223,8 @@ class DynamicBatcher(Generic[In, Out]):
         return batch
 
     async def _drop_dead(self, batch: list[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
-        """Skip requests nobody waits for any more: past their deadline, or client gone."""
+        """Skip requests nobody waits for any more: past their deadline, or (once they have
+        waited a while) their client gone."""
         now = time.monotonic()
         live: list[_Pending[In, Out]] = []
         for pending in batch:
@@ -226,7 +233,11 @@ class DynamicBatcher(Generic[In, Out]):
             if pending.deadline <= now:
                 pending.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
                 continue
-            if pending.is_abandoned is not None and await pending.is_abandoned():
+            if (
+                pending.is_abandoned is not None
+                and now - pending.enqueued_at >= self.check_abandoned_after_s
+                and await pending.is_abandoned()
+            ):
                 # That await let the request's own deadline fire: the future may be done now.
                 if not pending.future.done():
                     pending.future.set_exception(ClientDisconnected("the client disconnected"))

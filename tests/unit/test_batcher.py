@@ -349,7 +349,9 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
 async def test_an_abandoned_request_is_dropped_before_compute(
     make_batcher: BatcherFactory, model: RecordingModel
 ) -> None:
-    batcher = make_batcher(max_batch_size=2, max_delay_s=GENEROUS_DELAY_S)
+    batcher = make_batcher(
+        max_batch_size=2, max_delay_s=GENEROUS_DELAY_S, check_abandoned_after_s=0.0
+    )
     asked: list[str] = []
 
     def client_state(name: str, *, gone: bool) -> Callable[[], Any]:
@@ -371,6 +373,37 @@ async def test_an_abandoned_request_is_dropped_before_compute(
         await asyncio.wait_for(gone, STEP_TIMEOUT_S)
     assert sorted(asked) == ["gone", "here"]
     assert model.batches == [["here"]]
+
+
+async def test_only_a_request_that_waited_is_asked_whether_its_client_left(
+    make_batcher: BatcherFactory, model: RecordingModel
+) -> None:
+    batcher = make_batcher(max_batch_size=8, max_delay_s=0.0, check_abandoned_after_s=0.2)
+    asked: list[str] = []
+
+    def gone(name: str) -> Callable[[], Any]:
+        async def is_abandoned() -> bool:
+            asked.append(name)
+            return True
+
+        return is_abandoned
+
+    model.gate.clear()
+    busy = asyncio.create_task(batcher.submit(["busy"], deadline=later()))
+    await asyncio.wait_for(model.entered.wait(), timeout=STEP_TIMEOUT_S)
+    # Queued while "busy" computes: "old" waits past the threshold, "new" does not.
+    old = asyncio.create_task(batcher.submit(["old"], deadline=later(), is_abandoned=gone("old")))
+    await asyncio.sleep(0.3)
+    new = asyncio.create_task(batcher.submit(["new"], deadline=later(), is_abandoned=gone("new")))
+    await asyncio.sleep(0)
+    model.gate.set()
+
+    assert await asyncio.wait_for(busy, STEP_TIMEOUT_S) == ["out-busy"]
+    assert await asyncio.wait_for(new, STEP_TIMEOUT_S) == ["out-new"]
+    with pytest.raises(ClientDisconnected):
+        await asyncio.wait_for(old, STEP_TIMEOUT_S)
+    assert asked == ["old"]
+    assert model.batches == [["busy"], ["new"]]
 
 
 async def test_with_batching_disabled_each_request_is_its_own_batch(
