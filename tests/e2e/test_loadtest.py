@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.server import ServerProcess, free_port
+from tests.prom import sample_sum
 
 pytestmark = pytest.mark.e2e
 
@@ -144,14 +144,7 @@ def test_an_impossible_threshold_fails_the_run(
 
 def predictions_served(server: ServerProcess) -> int:
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "torchdock_prediction_requests_total"
-        )
-    )
+    return int(sample_sum(text, "torchdock_prediction_requests_total"))
 
 
 def test_a_distributed_run_counts_the_requests_in_flight_at_its_end(
