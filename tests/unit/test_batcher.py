@@ -346,6 +346,16 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
     assert model.batches == [["a1", "a2"], ["patient"]]
 
 
+def client(asked: list[str], name: str, *, gone: bool) -> Callable[[], Any]:
+    """An `is_abandoned` check that answers `gone`, and notes in `asked` that it was asked."""
+
+    async def is_abandoned() -> bool:
+        asked.append(name)
+        return gone
+
+    return is_abandoned
+
+
 async def test_an_abandoned_request_is_dropped_before_compute(
     make_batcher: BatcherFactory, model: RecordingModel
 ) -> None:
@@ -354,18 +364,11 @@ async def test_an_abandoned_request_is_dropped_before_compute(
     )
     asked: list[str] = []
 
-    def client_state(name: str, *, gone: bool) -> Callable[[], Any]:
-        async def is_abandoned() -> bool:
-            asked.append(name)
-            return gone
-
-        return is_abandoned
-
     gone = asyncio.create_task(
-        batcher.submit(["gone"], deadline=later(), is_abandoned=client_state("gone", gone=True))
+        batcher.submit(["gone"], deadline=later(), is_abandoned=client(asked, "gone", gone=True))
     )
     present = asyncio.create_task(
-        batcher.submit(["here"], deadline=later(), is_abandoned=client_state("here", gone=False))
+        batcher.submit(["here"], deadline=later(), is_abandoned=client(asked, "here", gone=False))
     )
 
     assert await asyncio.wait_for(present, STEP_TIMEOUT_S) == ["out-here"]
@@ -380,21 +383,17 @@ async def test_only_a_request_that_waited_is_asked_whether_its_client_left(
 ) -> None:
     batcher = make_batcher(max_batch_size=8, max_delay_s=0.0, check_abandoned_after_s=0.2)
     asked: list[str] = []
-
-    def gone(name: str) -> Callable[[], Any]:
-        async def is_abandoned() -> bool:
-            asked.append(name)
-            return True
-
-        return is_abandoned
-
     model.gate.clear()
     busy = asyncio.create_task(batcher.submit(["busy"], deadline=later()))
     await asyncio.wait_for(model.entered.wait(), timeout=STEP_TIMEOUT_S)
     # Queued while "busy" computes: "old" waits past the threshold, "new" does not.
-    old = asyncio.create_task(batcher.submit(["old"], deadline=later(), is_abandoned=gone("old")))
+    old = asyncio.create_task(
+        batcher.submit(["old"], deadline=later(), is_abandoned=client(asked, "old", gone=True))
+    )
     await asyncio.sleep(0.3)
-    new = asyncio.create_task(batcher.submit(["new"], deadline=later(), is_abandoned=gone("new")))
+    new = asyncio.create_task(
+        batcher.submit(["new"], deadline=later(), is_abandoned=client(asked, "new", gone=True))
+    )
     await asyncio.sleep(0)
     model.gate.set()
 
