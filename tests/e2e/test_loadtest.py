@@ -1,6 +1,7 @@
 """Locust against a real gunicorn process, through the runner a load tester uses
 (scripts/loadtest): the smoke profile passes its gates and keeps a full report; an impossible
-gate fails the run; compare.py reads two reports; a distributed run counts every request."""
+gate fails the run; compare.py reads two reports; a run, local or distributed, counts every
+request."""
 
 from __future__ import annotations
 
@@ -147,34 +148,34 @@ def predictions_served(server: ServerProcess) -> int:
     return int(sample_sum(text, "torchdock_prediction_requests_total"))
 
 
-def test_a_distributed_run_counts_the_requests_in_flight_at_its_end(
-    server: ServerProcess, tmp_path: Path
+@pytest.mark.parametrize("workers", [0, 2], ids=["local", "distributed"])
+def test_a_run_counts_the_requests_in_flight_at_its_end(
+    server: ServerProcess, tmp_path: Path, workers: int
 ) -> None:
-    """Locust's headless master wrote its CSV 0.5 s after telling the workers to quit, before
-    they had reported the requests their users were still waiting on. The server is paused
-    across the end of the run, so that every user has a request in flight then."""
-    locust = str(Path(sys.executable).parent / "locust")
+    """The CSV must count every request the server answered. Locust writes it once a second
+    and not at exit, and a distributed master hears of requests only in its workers' reports,
+    so the requests a run's users finish as it ends went missing. The server is paused across
+    the end of the run, so that every user has a request in flight then."""
+    locust = [str(Path(sys.executable).parent / "locust"), "--config", "loadtests/locust.conf"]
     port = free_port()
     served_before = predictions_served(server)
-    master_log = tmp_path / "master.log"
-    with master_log.open("wb") as log:
-        master = subprocess.Popen(
-            [locust, "--config", "loadtests/locust.conf", "--host", server.base_url,
-             "--master", "--master-bind-port", str(port), "--expect-workers", "2",
+    log_path = tmp_path / "locust.log"
+    distributed = ["--master", "--master-bind-port", str(port), "--expect-workers", str(workers)]
+    with log_path.open("wb") as log:
+        main = subprocess.Popen(
+            [*locust, "--host", server.base_url, *(distributed if workers else []),
              "--run-time", "6s", "--slo-p99-ms", "60000", "--csv", str(tmp_path / "stats")],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        worker = [locust, "--config", "loadtests/locust.conf", "--worker", "--master-port"]
-        workers = [
-            subprocess.Popen(
-                [*worker, str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            for _ in range(2)
+        worker = [*locust, "--worker", "--master-port", str(port)]
+        helpers = [
+            subprocess.Popen(worker, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(workers)
         ]
         try:
             deadline = time.monotonic() + 60
-            while "Shape test starting" not in master_log.read_text(errors="replace"):
-                assert time.monotonic() < deadline, master_log.read_text()[-3000:]
+            while "Shape test starting" not in log_path.read_text(errors="replace"):
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.1)
             time.sleep(3)
             os.killpg(server.process.pid, signal.SIGSTOP)
@@ -182,9 +183,9 @@ def test_a_distributed_run_counts_the_requests_in_flight_at_its_end(
                 time.sleep(6)  # the run ends 6 s after it started
             finally:
                 os.killpg(server.process.pid, signal.SIGCONT)
-            assert master.wait(timeout=60) == 0, master_log.read_text()[-3000:]
+            assert main.wait(timeout=60) == 0, log_path.read_text()[-3000:]
         finally:
-            for process in (master, *workers):
+            for process in (main, *helpers):
                 process.kill()
                 process.wait(timeout=10)
 
