@@ -78,9 +78,27 @@ class Stack:
             wait_until(lambda: self.rows() == self.logged, timeout, "every prediction logged")
         except AssertionError as e:
             # Which way it is off tells a lost row (fewer) from a miscounted client (more).
-            raise AssertionError(f"{e}: {self.rows()} rows, {self.logged} answered") from None
+            counts = f"{self.rows()} rows, {self.logged} answered"
+            raise AssertionError(f"{e}: {counts}\n{self.unmatched()}") from None
         time.sleep(1)
         assert self.rows() == self.logged, "no row may be logged twice"
+
+    def unmatched(self) -> str:
+        """Where the rows and nginx's access log disagree: rows of no POST a replica answered,
+        and POSTs a replica answered with no row or with two."""
+        rows = Counter(self.psql("SELECT request_id FROM predictions").split())
+        answered = [
+            entry
+            for line in self.compose("logs", "--no-log-prefix", "nginx").splitlines()
+            if line.startswith("{")
+            and (entry := json.loads(line))["method"] == "POST"
+            and entry["upstream_addr"].endswith(":8000")
+        ]
+        ids = {entry["request_id"] for entry in answered}
+        lines = [f"row of no answered POST: {i}" for i in rows.keys() - ids]
+        lines += [f"{rows[e['request_id']]} rows: {json.dumps(e)}" for e in answered
+                  if rows[e["request_id"]] != 1]  # fmt: skip
+        return "\n".join(lines[:50]) or "every answered POST has one row"
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": promql} | ({"time": str(at)} if at else {})

@@ -407,6 +407,8 @@ def test_locust_runs_distributed_in_containers_against_nginx(stack: Stack, tmp_p
 
 def test_down_then_up_keeps_the_data_and_down_volumes_removes_it(stack: Stack) -> None:
     stack.wait_for_rows()
+    # By request id too: what nginx saw a replica answer, over every step above, is the rows.
+    assert stack.unmatched() == "every answered POST has one row"
     rows = stack.rows()
     wait_until(lambda: bool(stack.query('up{job="api"}')), 60, "api samples in Prometheus")
     before = time.time()
