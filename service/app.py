@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_cache(settings: Settings) -> PredictionCache:
-    if settings.redis_url is None:
+    url = settings.redis_connection_url()
+    if url is None:
         return NullCache()
     return RedisCache(
-        settings.redis_url.get_secret_value(),
+        url,
         timeout_s=settings.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(
             failure_threshold=settings.cache_breaker_failures,

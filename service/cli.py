@@ -10,8 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from service.config import ConfigError, Settings, load_settings
 
 
@@ -73,25 +71,21 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require(value: SecretStr | None, name: str) -> str:
+def _require(value: str | None, name: str) -> str:
     if value is None:
         print(f"torchdock: {name} is not set", file=sys.stderr)
         raise SystemExit(2)
-    return value.get_secret_value()
+    return value
 
 
 def _database_conninfo() -> str:
-    conninfo = _settings_or_exit().database_conninfo()
-    if conninfo is None:
-        print("torchdock: DATABASE_URL is not set", file=sys.stderr)
-        raise SystemExit(2)
-    return conninfo
+    return _require(_settings_or_exit().database_conninfo(), "DATABASE_URL")
 
 
 def _cache_purge(args: argparse.Namespace) -> int:
     from service.storage.cache import purge
 
-    url = _require(_settings_or_exit().redis_url, "REDIS_URL")
+    url = _require(_settings_or_exit().redis_connection_url(), "REDIS_URL")
     removed = asyncio.run(purge(url, model=args.model, version=args.version))
     print(f"removed {removed} cached predictions")
     return 0

@@ -8,6 +8,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from psycopg.conninfo import make_conninfo
 from pydantic import (
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
 
     # Optional backends: absent means "not configured", never an error.
     redis_url: SecretStr | None = None
+    redis_password_file: Path | None = Field(
+        default=None,
+        description="A file holding the Redis password (a Docker or Kubernetes secret), "
+        "so that the password is in neither REDIS_URL nor the environment.",
+    )
     redis_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
     cache_ttl_s: Annotated[int, Field(ge=1)] = 3600
     cache_max_value_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
@@ -107,12 +113,19 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
-    @field_validator("database_password_file")
+    @field_validator("database_password_file", "redis_password_file")
     @classmethod
     def _check_password_file(cls, value: Path | None) -> Path | None:
         if value is not None and not os.access(value, os.R_OK):
             raise ValueError(f"{value} is not a readable file")
         return value
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> Settings:
+        url = self.redis_url.get_secret_value() if self.redis_url else ""
+        if self.redis_password_file is not None and urlsplit(url).password is not None:
+            raise ValueError("REDIS_URL holds a password and REDIS_PASSWORD_FILE names one")
+        return self
 
     @model_validator(mode="after")
     def _lookup_needs_a_token(self) -> Settings:
@@ -129,6 +142,18 @@ class Settings(BaseSettings):
             return url
         password = self.database_password_file.read_text().rstrip("\r\n")
         return make_conninfo(url, password=password)
+
+    def redis_connection_url(self) -> str | None:
+        """REDIS_URL, with the password from REDIS_PASSWORD_FILE when one is given."""
+        if self.redis_url is None:
+            return None
+        url = self.redis_url.get_secret_value()
+        if self.redis_password_file is None:
+            return url
+        password = quote(self.redis_password_file.read_text().rstrip("\r\n"), safe="")
+        parts = urlsplit(url)
+        user, _, host = parts.netloc.rpartition("@")
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
     def overrides_for(self, model: str) -> ModelOverrides:
         return self.model_settings.get(model, ModelOverrides())

@@ -1,11 +1,13 @@
 """The Redis prediction cache with a real Redis: hits, partial hits, versions, single-flight,
-bypass, purge, and a Redis that dies and comes back."""
+bypass, purge, a Redis that dies and comes back, and a password from a file."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -211,3 +213,56 @@ async def test_entries_expire_with_the_models_ttl(
     client = redis.Redis.from_url(redis_url)
     (key,) = client.keys("torchdock:pred:v1:digits:*")
     assert 0 < client.ttl(key) <= 7
+
+
+@pytest.fixture
+def redis_user(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Redis user with a password on the test server: its URL (a name, no password), and a
+    file with its password, as a Docker secret would hold it."""
+    name = f"torchdock-test-{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24) + "/+%"  # characters a URL must escape
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                      commands=["+@all"])  # fmt: skip
+    secret = tmp_path / "redis_password"
+    secret.write_text(password + "\n")
+    target = urlsplit(redis_url)
+    try:
+        yield f"redis://{name}@{target.hostname}:{target.port}{target.path}", secret
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+async def test_the_password_comes_from_its_file(
+    make_settings: SettingsFactory, redis_user: tuple[str, Path]
+) -> None:
+    url, secret = redis_user
+    async with serve(make_settings(redis_url=url, redis_password_file=secret)) as http:
+        body = {"instances": [grid(4.0)]}
+        first = await http.post(PREDICT, json=body)
+        second = await http.post(PREDICT, json=body)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+
+    purge = subprocess.run(
+        [str(Path(sys.executable).parent / "torchdock"), "cache", "purge"],
+        env={"REDIS_URL": url, "REDIS_PASSWORD_FILE": str(secret), "PATH": ""},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert purge.returncode == 0, purge.stderr
+    assert "removed 1" in purge.stdout
+
+
+async def test_a_wrong_password_degrades_to_no_cache(
+    make_settings: SettingsFactory, redis_user: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = redis_user
+    wrong = tmp_path / "wrong_password"
+    wrong.write_text("not-the-password")
+    settings = make_settings(redis_url=url, redis_password_file=wrong, cache_breaker_reset_s=60)
+    async with serve(settings) as http:
+        responses = [await http.post(PREDICT, json={"instances": [grid(6.0)]}) for _ in range(5)]
+        metrics = (await http.get("/metrics")).text
+    assert [r.status_code for r in responses] == [200] * 5
+    assert {r.headers["x-cache"] for r in responses} <= {"miss", "bypass"}
+    assert sample_value(metrics, "torchdock_cache_breaker_state") == 1  # open

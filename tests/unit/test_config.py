@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -243,3 +244,32 @@ def test_without_a_password_file_the_url_is_used_as_given() -> None:
 def test_an_unreadable_password_file_stops_startup(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"DATABASE_PASSWORD_FILE: .*not a readable file"):
         load_settings(database_password_file=tmp_path / "missing")
+
+
+def test_the_redis_password_comes_from_its_file(tmp_path: Path) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("p@ss/word:%\n")
+    settings = load_settings(redis_url="redis://cache@redis:6379/0", redis_password_file=secret)
+    url = settings.redis_connection_url() or ""
+    assert url == "redis://cache:p%40ss%2Fword%3A%25@redis:6379/0"
+    assert urlsplit(url).hostname == "redis" and unquote(urlsplit(url).password or "") == (
+        "p@ss/word:%"
+    )
+    assert "p@ss" not in str(settings.masked())
+    no_user = load_settings(redis_url="redis://redis:6379/0", redis_password_file=secret)
+    assert no_user.redis_connection_url() == "redis://:p%40ss%2Fword%3A%25@redis:6379/0"
+
+
+def test_without_a_redis_password_file_the_url_is_used_as_given() -> None:
+    url = "redis://:inline@redis:6379/0"
+    assert load_settings(redis_url=url).redis_connection_url() == url
+    assert load_settings().redis_connection_url() is None
+
+
+def test_a_redis_password_given_twice_stops_startup(tmp_path: Path) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("x")
+    with pytest.raises(ConfigError, match="REDIS_URL holds a password and REDIS_PASSWORD_FILE"):
+        load_settings(redis_url="redis://:inline@redis:6379/0", redis_password_file=secret)
+    with pytest.raises(ConfigError, match=r"REDIS_PASSWORD_FILE: .*not a readable file"):
+        load_settings(redis_password_file=tmp_path / "missing")
