@@ -59,6 +59,14 @@ class Stack:
             "--tuples-only", "--no-align", "--command", sql,
         ).strip()  # fmt: skip
 
+    def redis_keys(self) -> int:
+        """DBSIZE, asked with the password from the redis container's secret."""
+        answer = self.compose(
+            "exec", "-T", "redis", "sh", "-c",
+            'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" exec redis-cli dbsize',
+        )  # fmt: skip
+        return int(answer)
+
     def rows(self) -> int:
         return int(self.psql("SELECT count(*) FROM predictions"))
 

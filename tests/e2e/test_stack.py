@@ -122,7 +122,7 @@ def test_300_predictions_through_nginx(stack: Stack) -> None:
     assert {replica for _, replica, _ in outcomes} == api_hostnames(stack)
     # Redis is shared: the second round hits whichever replica computed the first.
     assert [cache for _, _, cache in outcomes[150:]] == ["hit"] * 150
-    assert int(stack.compose("exec", "-T", "redis", "redis-cli", "dbsize")) >= 150
+    assert stack.redis_keys() >= 150
     stack.wait_for_rows()
     assert stack.rows() == 300
 
@@ -343,6 +343,19 @@ def test_security(stack: Stack) -> None:
     assert reach(nginx, postgres_ip) != 0
     backend = json.loads(docker("network", "inspect", f"{stack.project}_backend").stdout)[0]
     assert backend["Internal"] is True
+    # Redis answers only a client with the password, which the api reads from its secret.
+    ping = (
+        "import redis\ntry:\n    redis.Redis(host='redis', socket_timeout=5).ping()\n"
+        "except redis.AuthenticationError as e:\n    print('refused:', e)"
+    )
+    refused = docker("exec", api["Id"], "python3", "-c", ping, check=False)
+    assert refused.stdout.startswith("refused:"), refused.stdout + refused.stderr
+    # No secret is in any container's configuration (environment, command, labels).
+    secrets = [
+        f.read_text() for f in (Path(stack.env["TORCHDOCK_ENV_FILE"]).parent / "secrets").iterdir()
+    ]
+    configs = docker("inspect", *[c["Id"] for c in everything]).stdout
+    assert len(secrets) >= 5 and not [s for s in secrets if s in configs]
 
     for c in everything:
         name = c["Name"]
