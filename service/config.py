@@ -140,8 +140,7 @@ class Settings(BaseSettings):
         url = self.database_url.get_secret_value()
         if self.database_password_file is None:
             return url
-        password = self.database_password_file.read_text().rstrip("\r\n")
-        return make_conninfo(url, password=password)
+        return make_conninfo(url, password=read_secret(self.database_password_file))
 
     def redis_connection_url(self) -> str | None:
         """REDIS_URL, with the password from REDIS_PASSWORD_FILE when one is given."""
@@ -150,7 +149,7 @@ class Settings(BaseSettings):
         url = self.redis_url.get_secret_value()
         if self.redis_password_file is None:
             return url
-        password = quote(self.redis_password_file.read_text().rstrip("\r\n"), safe="")
+        password = quote(read_secret(self.redis_password_file), safe="")
         parts = urlsplit(url)
         user, _, host = parts.netloc.rpartition("@")
         return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
@@ -222,6 +221,11 @@ def _cgroup_cpu_quota() -> int | None:
         except (OSError, ValueError, IndexError):
             continue
     return None
+
+
+def read_secret(path: Path) -> str:
+    """A secret file's value, without the line ending an editor or `echo` may have added."""
+    return path.read_text().rstrip("\r\n")
 
 
 class ConfigError(Exception):
