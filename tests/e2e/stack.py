@@ -91,16 +91,24 @@ class Stack:
         time.sleep(1)
         assert self.rows() == self.logged, "no row may be logged twice"
 
+    def access_log(self) -> list[dict[str, Any]]:
+        """nginx's JSON access log so far, an entry a request."""
+        lines = self.compose("logs", "--no-log-prefix", "nginx").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def secret_values(self) -> list[str]:
+        """What the stack's secret files (made by running_stack) hold."""
+        folder = Path(self.env["TORCHDOCK_ENV_FILE"]).parent / "secrets"
+        return [file.read_text() for file in folder.iterdir()]
+
     def unmatched(self) -> str:
         """Where the rows and nginx's access log disagree: rows of no POST a replica answered,
         and POSTs a replica answered with no row or with two."""
         rows = Counter(self.psql("SELECT request_id FROM predictions").split())
         answered = [
             entry
-            for line in self.compose("logs", "--no-log-prefix", "nginx").splitlines()
-            if line.startswith("{")
-            and (entry := json.loads(line))["method"] == "POST"
-            and entry["upstream_addr"].endswith(":8000")
+            for entry in self.access_log()
+            if entry["method"] == "POST" and entry["upstream_addr"].endswith(":8000")
         ]
         ids = {entry["request_id"] for entry in answered}
         lines = [f"row of no answered POST: {i}" for i in rows.keys() - ids]

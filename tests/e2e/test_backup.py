@@ -83,8 +83,7 @@ def test_backup_destroy_restore_gives_the_same_data_back(stack: Stack, backups: 
     for file in folder.iterdir():
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
     # No secret in the backup's metadata or in what the script printed.
-    secrets_dir = Path(stack.env["TORCHDOCK_ENV_FILE"]).parent / "secrets"
-    secrets = [p.read_text() for p in secrets_dir.iterdir()]
+    secrets = stack.secret_values()
     printed = made.stdout + made.stderr + (folder / "manifest.json").read_text()
     assert not [s for s in secrets if s in printed]
 

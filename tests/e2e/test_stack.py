@@ -291,12 +291,7 @@ def test_the_edge(stack: Stack) -> None:
         request_id = response.headers["x-request-id"]
         logged = f"SELECT count(*) FROM predictions WHERE request_id = '{request_id}'"
         assert stack.psql(logged) == "1"
-    access = [
-        json.loads(line)
-        for line in stack.compose("logs", "--no-log-prefix", "nginx").splitlines()
-        if line.startswith("{")
-    ]
-    mine = [a for a in access if a["request_id"] == "e2e-edge-1"]
+    mine = [a for a in stack.access_log() if a["request_id"] == "e2e-edge-1"]
     assert len(mine) == 1 and mine[0]["status"] == 200
     assert mine[0]["upstream_addr"].endswith(":8000")
     assert float(mine[0]["upstream_response_time"]) > 0
@@ -351,9 +346,7 @@ def test_security(stack: Stack) -> None:
     refused = docker("exec", api["Id"], "python3", "-c", ping, check=False)
     assert refused.stdout.startswith("refused:"), refused.stdout + refused.stderr
     # No secret is in any container's configuration (environment, command, labels).
-    secrets = [
-        f.read_text() for f in (Path(stack.env["TORCHDOCK_ENV_FILE"]).parent / "secrets").iterdir()
-    ]
+    secrets = stack.secret_values()
     configs = docker("inspect", *[c["Id"] for c in everything]).stdout
     assert len(secrets) >= 5 and not [s for s in secrets if s in configs]
 
