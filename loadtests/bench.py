@@ -52,7 +52,7 @@ def distinct_texts() -> list[str]:
 def ensure_repository(path: Path | None) -> Path:
     if path is not None:
         return path
-    from service.models import minilm
+    from service.packaging.bundled import minilm
 
     root = Path(tempfile.mkdtemp(prefix="torchdock-bench-"))
     minilm.build(root)

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from service.config import ConfigError, Settings, load_settings
+from service.packaging import cli as package_cli
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -54,8 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build_models(args: argparse.Namespace) -> int:
-    from service.models.build import BUNDLED, build_models
     from service.observability.logging import configure_logging
+    from service.packaging.build import BUNDLED, build_models
 
     configure_logging(level="INFO", fmt="text")
     output = args.output or _settings_or_exit().model_repository
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--model", action="append", help="build only this model (repeatable)")
     build.add_argument("--version", type=int, default=1)
     build.set_defaults(func=_build_models)
+
+    package_cli.add_parser(commands)
 
     check = commands.add_parser("check-config", help="print the effective settings, secrets masked")
     check.set_defaults(func=_check_config)

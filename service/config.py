@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     device: str = "auto"
     precision: Precision = "auto"
     model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
+    allow_pickled_artifacts: bool = Field(
+        default=False,
+        description="Load artifacts that can run code when loaded (pickled weights, compiled"
+        " libraries). Only for a repository whose every writer you trust.",
+    )
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.

@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.config import Settings
-from service.models.build import build_models
+from service.packaging.build import build_models
 
 SettingsFactory = Callable[..., Settings]
 

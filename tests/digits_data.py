@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.models import digits
+from service.packaging.bundled import digits
 
 
 def held_out() -> tuple[np.ndarray, np.ndarray]:

@@ -9,27 +9,9 @@ from typing import Any
 import numpy as np
 
 from service.api.schemas import RequestInput
+from service.runtime.dtypes import DATATYPE_OF_NUMPY, to_numeric_array
 from service.runtime.errors import InvalidInput
 from service.runtime.manifest import TensorSpec
-
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    # numpy has no bfloat16: JSON BF16 values are decoded as float32; the model casts them.
-    "BF16": np.float32,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
-_DATATYPE_OF = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items() if k not in ("BYTES", "BF16")}
 
 
 def decode_inputs(
@@ -65,36 +47,18 @@ def _decode_one(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"{where}: shape {tensor.shape} does not fit {spec.shape}")
     expected = math.prod(tensor.shape)
     data = tensor.data if isinstance(tensor.data, list) else [tensor.data]
-    try:
-        if spec.datatype == "BYTES":
+    if spec.datatype == "BYTES":
+        try:
             flat = _flatten_strings(data)
-            array = np.empty(len(flat), dtype=object)
-            array[:] = flat
-        else:
-            array = _numeric(data, np.dtype(NUMPY_DTYPES[spec.datatype]), where=where)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{where}: data is not a regular {spec.datatype} tensor") from None
+        except TypeError:
+            raise InvalidInput(f"{where}: data is not a regular BYTES tensor") from None
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+    else:
+        array = to_numeric_array(data, spec.datatype, where=where)
     if array.size != expected:
         raise InvalidInput(f"{where}: {array.size} values do not fill shape {tensor.shape}")
     return array.reshape(tensor.shape)
-
-
-def _numeric(data: list[Any], dtype: np.dtype[Any], *, where: str) -> np.ndarray:
-    raw = np.asarray(data).reshape(-1)
-    if raw.dtype.kind not in "biuf":
-        raise TypeError("not numbers")
-    if dtype.kind in "iu" and raw.dtype.kind == "f":
-        # numpy would truncate 1.5 to 1 without a word.
-        raise InvalidInput(f"{where}: integer tensors take whole numbers only")
-    if dtype.kind == "b" and raw.dtype.kind != "b":
-        raise InvalidInput(f"{where}: BOOL tensors take true and false only")
-    with np.errstate(over="ignore", invalid="ignore"):
-        array = raw.astype(dtype)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"{where}: NaN, infinite or out-of-range values are not allowed")
-    if dtype.kind in "iu" and not np.array_equal(array, raw):
-        raise InvalidInput(f"{where}: values out of range for {dtype.name}")
-    return array
 
 
 def _flatten_strings(data: list[Any]) -> list[str]:
@@ -132,7 +96,8 @@ def encode_outputs(
     encoded = []
     for spec in selected:
         array = arrays[spec.name]
-        datatype = spec.datatype if spec.datatype == "BYTES" else _DATATYPE_OF[array.dtype.name]
+        is_bytes = spec.datatype == "BYTES"
+        datatype = spec.datatype if is_bytes else DATATYPE_OF_NUMPY[array.dtype.name]
         encoded.append(
             {
                 "name": spec.name,

@@ -5,13 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Datatype = Literal["BOOL", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64", "BYTES"]
-Task = Literal["image-classification", "text-embedding"]
 ModelPrecision = Literal["fp32", "fp16", "bf16"]
+ArtifactFormat = Literal["torch.export", "torchscript"]
 
 MANIFEST_FILE = "manifest.json"
+
+
+def _relative_file(value: str) -> str:
+    """A file inside the version directory: no absolute path, no `..`, no empty part.
+
+    Checked again after symlinks are resolved, when the version is loaded."""
+    parts = value.split("/")
+    if value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{value!r} is not a plain relative path inside the version directory")
+    return value
+
+
+RelativeFile = Annotated[str, AfterValidator(_relative_file)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class TensorSpec(BaseModel):
@@ -40,12 +54,16 @@ class Manifest(BaseModel):
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     version: Annotated[int, Field(ge=1)]
-    task: Task
-    artifact: str = "model.pt2"
-    format: Literal["torch.export"] = "torch.export"
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # What the model does, as clients see it (V2 metadata's `task` parameter).
+    task: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    # The handler class: a registered name (entry point group `torchdock.handlers`) or
+    # `package.module:Class`; unset means the handler registered under the task's name.
+    handler: str | None = None
+    artifact: RelativeFile = "model.pt2"
+    format: ArtifactFormat = "torch.export"
+    sha256: Sha256
     # Other files the version needs (a tokenizer, say), each with its sha256.
-    files: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=dict)
+    files: dict[RelativeFile, Sha256] = Field(default_factory=dict)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     labels: list[str] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ class LoadedModel:
                 on_device = tuple(self._to_device(t) for t in prepared.inputs)
                 outputs = self._module(*on_device)
                 # Reading the result is the one synchronisation point with the device.
-                host = _to_host(outputs)
+                host = to_host(outputs)
                 done = self.handler.postprocess(host, prepared)
                 for position, prediction in zip(positions, done, strict=True):
                     predictions[position] = prediction
@@ -124,27 +125,44 @@ class LoadedModel:
         return tensor.to(dtype=dtype)
 
 
-def _to_host(outputs: Any) -> Any:
+def to_host(outputs: Any) -> Any:
     if isinstance(outputs, torch.Tensor):
         return outputs.cpu()
     if isinstance(outputs, (tuple, list)):
-        return type(outputs)(_to_host(o) for o in outputs)
+        return type(outputs)(to_host(o) for o in outputs)
     return outputs
 
 
-def load_module(
-    artifact: Path, device: torch.device, precision: PrecisionChoice
-) -> torch.nn.Module:
-    """Load a torch.export artifact onto a device in a precision. Call only on the torch thread."""
-    try:
-        program = torch.export.load(str(artifact))
-    except Exception as e:  # torch raises many types for a corrupt archive
-        raise ModelLoadError(f"{artifact}: not a loadable torch.export archive: {e}") from e
-    if device.type != "cpu":
-        from torch.export.passes import move_to_device_pass
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    """A TorchScript file. torch 2.13 deprecates the format; serving what users already have
+    is the point of accepting it, so the deprecation is said once in the docs, not per load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location=device
+        )
+    return module.eval()
 
-        program = move_to_device_pass(program, device)
-    module = program.module()
+
+def load_module(
+    artifact: Path, artifact_format: str, device: torch.device, precision: PrecisionChoice
+) -> torch.nn.Module:
+    """Load an artifact onto a device in a precision. Call only on the torch thread."""
+    module: torch.nn.Module
+    try:
+        if artifact_format == "torchscript":
+            module = load_torchscript(artifact, device)
+        else:
+            program = torch.export.load(str(artifact))
+            if device.type != "cpu":
+                from torch.export.passes import move_to_device_pass
+
+                program = move_to_device_pass(program, device)
+            module = program.module()
+    except Exception as e:  # torch raises many types for a corrupt archive
+        raise ModelLoadError(
+            f"{artifact.name}: not a loadable {artifact_format} archive: {e}"
+        ) from e
     return module.to(dtype=DTYPES[precision.precision])
 
 
@@ -160,7 +178,7 @@ def load_model(
     """Load and warm up one version. Call only on the torch thread."""
     started = time.monotonic()
     handler = handler_for(manifest, artifact.parent)
-    module = load_module(artifact, device, precision)
+    module = load_module(artifact, manifest.format, device, precision)
     model = LoadedModel(
         manifest=manifest,
         handler=handler,

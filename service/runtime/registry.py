@@ -9,6 +9,7 @@ import torch
 
 from service.config import Settings
 from service.observability import metrics
+from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import choose_precision
 from service.runtime.errors import DeviceError, ModelLoadError, ModelNotFound, ModelNotReady
 from service.runtime.executor import TorchThread
@@ -78,6 +79,9 @@ class ModelRegistry:
         try:
             manifest, artifact = read_verified_manifest(ref)
             state.manifest = manifest
+            check_artifact(
+                artifact, manifest.format, allow_code=self._settings.allow_pickled_artifacts
+            )
             state.model = await self._torch_thread.run(
                 load_model,
                 manifest=manifest,

@@ -52,6 +52,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def contained(ref: VersionRef, file_name: str) -> Path:
+    """`file_name` inside the version directory, symlinks resolved; anything else is refused."""
+    root = ref.path.resolve()
+    path = (root / file_name).resolve()
+    if not path.is_relative_to(root):
+        raise ModelLoadError(
+            f"{ref.name}/{ref.version}: {file_name} resolves outside the version directory"
+        )
+    return path
+
+
 def read_verified_manifest(ref: VersionRef) -> tuple[Manifest, Path]:
     """The manifest, after checking that it matches its directory and its artifact's sha256."""
     try:
@@ -62,9 +73,9 @@ def read_verified_manifest(ref: VersionRef) -> tuple[Manifest, Path]:
         raise ModelLoadError(
             f"{ref.name}/{ref.version}: manifest says {manifest.name}/{manifest.version}"
         )
-    artifact = ref.path / manifest.artifact
+    artifact = contained(ref, manifest.artifact)
     for file_name, expected in {manifest.artifact: manifest.sha256, **manifest.files}.items():
-        path = ref.path / file_name
+        path = contained(ref, file_name)
         if not path.is_file():
             raise ModelLoadError(f"{ref.name}/{ref.version}: {file_name} is missing")
         actual = sha256_file(path)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from service.models import digits
+from service.packaging.bundled import digits
 from tests.conftest import SettingsFactory, serve
 from tests.faults import TcpProxy
 from tests.prom import sample_value

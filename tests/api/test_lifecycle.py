@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.models import digits
+from service.packaging.bundled import digits
 from tests.conftest import SettingsFactory, serve
 from tests.prom import sample_value
 

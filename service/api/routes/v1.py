@@ -49,9 +49,10 @@ async def _predict(
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
-        record.instances = len(body.instances)
         model = record.model = resolve_model(state, name, version)
-        items = model.handler.instances_from_json(body.instances)
+        rows = body.rows([spec.name for spec in model.manifest.inputs])
+        record.instances = len(rows)
+        items = model.handler.instances_from_json(rows)
         outcome = record.outcome = await predict(state, request, model, items, record.started)
         record.response = json_response(
             {

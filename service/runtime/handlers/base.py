@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from service.runtime.errors import ModelLoadError
 from service.runtime.manifest import Manifest
 
 Item = TypeVar("Item")
@@ -33,6 +34,12 @@ class ModelHandler(ABC, Generic[Item, Pred]):
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         self.manifest = manifest
         self.directory = directory
+
+    def file(self, name: str) -> Path:
+        """A file of this version that the manifest lists, and so was checked at load."""
+        if name not in self.manifest.files:
+            raise ModelLoadError(f"{name!r} is not among the manifest's files")
+        return self.directory / name
 
     @abstractmethod
     def instances_from_json(self, instances: Sequence[Any]) -> list[Item]:

@@ -44,7 +44,7 @@ class TextEmbeddingHandler(ModelHandler[str, Embedding]):
         # Tokenisation runs on the torch thread; a rayon pool beside torch's threads would
         # oversubscribe the cores.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.tokenizer = Tokenizer.from_file(str(directory / pre["tokenizer"]))
+        self.tokenizer = Tokenizer.from_file(str(self.file(pre["tokenizer"])))
         self.tokenizer.enable_truncation(max_length=self.max_tokens)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 

@@ -12,11 +12,11 @@ BUNDLED = ("digits", "minilm")
 
 def _builder(name: str) -> Callable[..., Manifest]:
     if name == "digits":
-        from service.models import digits
+        from service.packaging.bundled import digits
 
         return digits.build
     if name == "minilm":
-        from service.models import minilm
+        from service.packaging.bundled import minilm
 
         return minilm.build
     raise ValueError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED)})")

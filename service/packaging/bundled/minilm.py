@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.models.export import export_program, write_version
-from service.runtime.manifest import Manifest
+from service.packaging.agreement import MIN_COSINE
+from service.packaging.package import PackageRequest, package_module
+from service.runtime.manifest import Manifest, TensorSpec
 from service.runtime.repository import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MAX_TOKENS = 256
 LAYER_NORM_EPS = 1e-12
 MAX_BATCH_SIZE = 64
 # A reduced precision is picked automatically only when every embedding stays this close to fp32.
-MIN_COSINE = 0.999
+MIN_COSINE_BOUND = 0.999
 
 
 class _Layer(nn.Module):
@@ -166,64 +167,52 @@ def _tokenize(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _min_cosine(module: nn.Module, reference: torch.Tensor, dtype: torch.dtype) -> float:
-    ids, mask = _tokenize(CALIBRATION)
-    with torch.inference_mode():
-        reduced = module.to(dtype)(ids, mask).float()
-    module.to(torch.float32)
-    return float((reduced * reference).sum(dim=1).min())
-
-
 def build(output: Path, *, version: int = 1, name: str = "minilm") -> Manifest:
     encoder = load_encoder()
     ids, mask = _tokenize(CALIBRATION)
-    with torch.inference_mode():
-        reference = encoder(ids, mask)
     batch = torch.export.Dim("batch", min=1, max=4096)
     tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)
-    program = export_program(
+    request = PackageRequest(
+        output=output,
+        name=name,
+        version=version,
+        force=True,  # a rebuild replaces the version: the weights are pinned by sha256
+        task="text-embedding",
+        inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
+        outputs=[
+            TensorSpec(name="embedding", datatype="FP32", shape=[-1, HIDDEN]),
+            TensorSpec(name="truncated", datatype="BOOL", shape=[-1]),
+        ],
+        extra_files={"tokenizer.json": source_dir() / "tokenizer.json"},
+        preprocessing={
+            "tokenizer": "tokenizer.json",
+            "max_tokens": MAX_TOKENS,
+            "pooling": "mean over the attention mask, then L2 normalisation",
+            "max_chars": 20_000,
+        },
+        max_batch_size=MAX_BATCH_SIZE,
+        metrics={"dimensions": HIDDEN, "layers": LAYERS},
+        source={
+            "package": SOURCE_PACKAGE,
+            "package_version": package_version(SOURCE_PACKAGE),
+            "weights_sha256": WEIGHTS_SHA256,
+            "upstream": "sentence-transformers/all-MiniLM-L6-v2",
+            "upstream_revision": UPSTREAM_REVISION,
+        },
+        agreement=MIN_COSINE,
+        min_agreement=MIN_COSINE_BOUND,
+        calibration=(ids, mask),
+        # fp16 is for GPUs; the CPU picks between fp32 and bf16.
+        precisions=("bf16",),
+    )
+    manifest = package_module(
         encoder,
         (ids[:2, :10].contiguous(), mask[:2, :10].contiguous()),
+        request,
         dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
     )
-    exported = program.module()
-    agreement = {"bf16": round(_min_cosine(exported, reference, torch.bfloat16), 6)}
-    tokenizer_file = source_dir() / "tokenizer.json"
-    manifest = write_version(
-        output=output,
-        program=program,
-        extra_files={"tokenizer.json": tokenizer_file},
-        manifest_fields={
-            "name": name,
-            "version": version,
-            "task": "text-embedding",
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [
-                {"name": "embedding", "datatype": "FP32", "shape": [-1, HIDDEN]},
-                {"name": "truncated", "datatype": "BOOL", "shape": [-1]},
-            ],
-            "preprocessing": {
-                "tokenizer": "tokenizer.json",
-                "max_tokens": MAX_TOKENS,
-                "pooling": "mean over the attention mask, then L2 normalisation",
-                "max_chars": 20_000,
-            },
-            "max_batch_size": MAX_BATCH_SIZE,
-            "precision": {
-                "default": "fp32",
-                "measured_agreement": agreement,
-                "min_agreement": MIN_COSINE,
-                "agreement_metric": "min cosine to fp32",
-            },
-            "metrics": {"dimensions": HIDDEN, "layers": LAYERS},
-            "source": {
-                "package": SOURCE_PACKAGE,
-                "package_version": package_version(SOURCE_PACKAGE),
-                "weights_sha256": WEIGHTS_SHA256,
-                "upstream": "sentence-transformers/all-MiniLM-L6-v2",
-                "upstream_revision": UPSTREAM_REVISION,
-            },
-        },
+    logger.info(
+        "built minilm",
+        extra={"version": version, "bf16_min_cosine": manifest.precision.measured_agreement},
     )
-    logger.info("built minilm", extra={"version": version, "bf16_min_cosine": agreement["bf16"]})
     return manifest

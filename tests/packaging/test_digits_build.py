@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.models import digits
+from service.packaging.bundled import digits
 from service.runtime.manifest import Manifest
 from service.runtime.repository import VersionRef, read_verified_manifest
 from tests.digits_data import held_out
@@ -45,7 +45,7 @@ def test_rebuild_gives_identical_predictions(model_repo: Path, tmp_path: Path) -
 
 
 def test_artifact_loads_without_the_model_class(model_repo: Path) -> None:
-    # The archive carries its graph: nothing from service.models is needed to run it.
+    # The archive carries its graph: nothing from service.packaging is needed to run it.
     program = torch.export.load(str(model_repo / "digits" / "1" / "model.pt2"))
     out = program.module()(torch.zeros(5, 1, 8, 8))
     assert out.shape == (5, 10)

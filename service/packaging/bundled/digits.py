@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.models.export import export_program, write_version
-from service.runtime.manifest import Manifest
+from service.packaging.package import PackageRequest, package_module
+from service.runtime.manifest import Manifest, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -100,40 +100,35 @@ def build(output: Path, *, version: int = 1, name: str = "digits") -> Manifest:
     held_out = accuracy(model, x_test, y_test)
     if held_out < MIN_ACCURACY:
         raise RuntimeError(f"digits accuracy {held_out:.4f} is below {MIN_ACCURACY}")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = export_program(
-        model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),), dynamic_shapes=({0: batch},)
-    )
-    manifest = write_version(
+    request = PackageRequest(
         output=output,
-        program=program,
-        manifest_fields={
-            "name": name,
-            "version": version,
-            "task": "image-classification",
-            "inputs": [
-                {"name": "pixels", "datatype": "FP32", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE]}
-            ],
-            "outputs": [
-                {"name": "label", "datatype": "INT64", "shape": [-1]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-            ],
-            "labels": [str(d) for d in range(10)],
-            "preprocessing": {
-                "image_size": IMAGE_SIZE,
-                "max_value": MAX_VALUE,
-                "scale": "pixels / max_value",
-                "images": "PNG/JPEG: grayscale, box-resized to 8x8, inverted when the ground is"
-                " light, scaled to [0, 16]",
-            },
-            "max_batch_size": MAX_BATCH_SIZE,
-            "metrics": {
-                "held_out_accuracy": round(held_out, 6),
-                "held_out_samples": len(y_test),
-                "train_samples": len(y_train),
-            },
-            "source": {"dataset": "sklearn.datasets.load_digits", "seed": SEED},
+        name=name,
+        version=version,
+        force=True,  # a rebuild replaces the version: builds are deterministic
+        task="image-classification",
+        inputs=[TensorSpec(name="pixels", datatype="FP32", shape=[-1, IMAGE_SIZE, IMAGE_SIZE])],
+        outputs=[
+            TensorSpec(name="label", datatype="INT64", shape=[-1]),
+            TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 10]),
+        ],
+        labels=[str(d) for d in range(10)],
+        preprocessing={
+            "image_size": IMAGE_SIZE,
+            "max_value": MAX_VALUE,
+            "scale": "pixels / max_value",
+            "images": "PNG/JPEG: grayscale, box-resized to 8x8, inverted when the ground is"
+            " light, scaled to [0, 16]",
         },
+        max_batch_size=MAX_BATCH_SIZE,
+        metrics={
+            "held_out_accuracy": round(held_out, 6),
+            "held_out_samples": len(y_test),
+            "train_samples": len(y_train),
+        },
+        source={"dataset": "sklearn.datasets.load_digits", "seed": SEED},
+        # A model this small gains nothing from a reduced precision: always fp32.
+        precisions=(),
     )
+    manifest = package_module(model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),), request)
     logger.info("built digits", extra={"version": version, "held_out_accuracy": held_out})
     return manifest

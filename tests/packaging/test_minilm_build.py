@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.models import minilm
+from service.packaging.bundled import minilm
 from service.runtime.handlers.text_embedding import TextEmbeddingHandler
 from service.runtime.manifest import Manifest
 from tests.sentences import PARAPHRASES, SENTENCES

@@ -1,0 +1,64 @@
+"""Models that are not torchdock's, as a user would write them: source text for a temp file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SOURCE = '''
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, image):
+        return self.head(torch.relu(self.conv(image)).flatten(1))
+
+
+class TwoHeads(nn.Module):
+    """Two inputs of different dtypes, two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 4)  # random example ids are drawn from [0, 100)
+        self.mix = nn.Linear(4, 3)
+
+    def forward(self, features, ids):
+        mixed = self.mix(features + self.embed(ids).mean(dim=1))
+        return mixed, mixed.argmax(dim=1)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on values: torch.export cannot trace it
+            return x * 2
+        return x
+
+
+def cnn():
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+def two_heads():
+    torch.manual_seed(1)
+    return TwoHeads().eval()
+
+
+def data_dependent():
+    return DataDependent()
+
+
+def not_a_module():
+    return 42
+'''
+
+
+def write_user_models(directory: Path) -> Path:
+    path = directory / "user_models.py"
+    path.write_text(SOURCE)
+    return path
