@@ -29,6 +29,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--module", metavar="FILE.py:FACTORY", help="a function returning an nn.Module"
     )
     source.add_argument("--exported", type=Path, metavar="MODEL.pt2", help="a torch.export archive")
+    source.add_argument(
+        "--hf", type=Path, metavar="DIR", help="a local Hugging Face BERT directory (with --task)"
+    )
     source.add_argument("--torchscript", type=Path, metavar="MODEL.pt", help="a TorchScript file")
     package.add_argument("--output", type=Path, required=True, help="the model repository")
     package.add_argument("--name", required=True)
@@ -47,7 +50,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=True,
         help="export with a dynamic first dimension (default: on)",
     )
-    package.add_argument("--task", default="tensor", help="default: tensor")
+    package.add_argument(
+        "--task",
+        default="tensor",
+        help="tensor (default), or for --hf: text-embedding or text-classification",
+    )
     package.add_argument("--handler", help="a registered handler name or package.module:Class")
     package.add_argument("--input-name", action="append", dest="input_names")
     package.add_argument("--output-name", action="append", dest="output_names")
@@ -116,6 +123,10 @@ def _package(args: argparse.Namespace) -> Manifest:
         min_agreement=args.min_agreement,
         calibration=parse_example_inputs(args.calibration) if args.calibration else None,
     )
+    if args.hf is not None:
+        from service.packaging.hf import package_hf
+
+        return package_hf(args.hf, args.task, request)
     example = parse_example_inputs(args.example_input) if args.example_input else None
     if args.exported is not None:
         request.source = {"exported": args.exported.name}

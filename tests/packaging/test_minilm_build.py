@@ -79,7 +79,7 @@ def test_build_refuses_weights_with_another_sha(
 def test_a_long_text_does_not_pad_the_short_ones(model_repo: Path) -> None:
     """One truncated paragraph among short sentences: the batch is cut by length, every pass
     stays within the token budget, and each text embeds as it does on its own."""
-    from service.runtime.handlers import text_embedding
+    from service.runtime.handlers import text
 
     directory = model_repo / "minilm" / "1"
     handler = TextEmbeddingHandler(Manifest.read(directory), directory)
@@ -91,7 +91,7 @@ def test_a_long_text_does_not_pad_the_short_ones(model_repo: Path) -> None:
     assert sorted(i for positions, _ in passes for i in positions) == list(range(len(texts)))
     for _, prepared in passes:
         rows, width = prepared.inputs[0].shape
-        assert rows * width <= text_embedding.TOKENS_PER_PASS
+        assert rows * width <= text.TOKENS_PER_PASS
     with torch.inference_mode():
         together: dict[int, np.ndarray] = {}
         for positions, prepared in passes:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +14,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from service.runtime.errors import InvalidInput
-from service.runtime.handlers.base import ModelHandler, Prepared
+from service.runtime.handlers.base import Prepared
+from service.runtime.handlers.classification import ClassifierHandler
 from service.runtime.manifest import Manifest
 
 _MAX_IMAGE_PIXELS = 4096 * 4096
-_LABEL = struct.Struct("<H")
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
-    label: int
-    probabilities: np.ndarray
-
-
-class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
+class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
     """Items are float32 arrays of shape (size, size) with values in [0, max_value]."""
 
     def __init__(self, manifest: Manifest, directory: Path) -> None:
@@ -38,7 +30,6 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
         self.size = int(pre["image_size"])
         self.max_value = float(pre["max_value"])
         self.input_name = manifest.inputs[0].name
-        self.labels = manifest.labels or []
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
         return [self._decode_instance(i, instance) for i, instance in enumerate(instances)]
@@ -98,48 +89,13 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, Classification]):
         self._check_range(pixels, where=f"input {self.input_name!r}")
         return list(pixels.reshape(-1, self.size, self.size))
 
-    def predictions_to_json(self, predictions: Sequence[Classification]) -> list[Any]:
-        return [
-            {
-                "label": p.label,
-                "label_name": self.labels[p.label] if self.labels else str(p.label),
-                "probabilities": p.probabilities,
-            }
-            for p in predictions
-        ]
-
-    def predictions_to_tensors(
-        self, predictions: Sequence[Classification]
-    ) -> dict[str, np.ndarray]:
-        return {
-            "label": np.array([p.label for p in predictions], dtype=np.int64),
-            "probabilities": np.stack([p.probabilities for p in predictions]),
-        }
-
     def instance_key(self, item: np.ndarray) -> bytes:
         # After decoding: nested, flat and image inputs of the same pixels share one key.
         return np.ascontiguousarray(item, dtype=np.float32).tobytes()
 
-    def encode_prediction(self, prediction: Classification) -> bytes:
-        return _LABEL.pack(prediction.label) + prediction.probabilities.astype("<f4").tobytes()
-
-    def decode_prediction(self, data: bytes) -> Classification:
-        if len(data) != _LABEL.size + 4 * len(self.labels or range(10)):
-            raise ValueError("not an encoded classification")
-        (label,) = _LABEL.unpack_from(data)
-        return Classification(label, np.frombuffer(data, dtype="<f4", offset=_LABEL.size))
-
     def preprocess(self, items: list[np.ndarray]) -> Prepared:
         batch = np.stack(items)[:, None, :, :] / self.max_value
         return Prepared((torch.from_numpy(batch.astype(np.float32, copy=False)),))
-
-    def postprocess(self, outputs: Any, prepared: Prepared) -> list[Classification]:
-        probabilities = outputs.float().numpy()
-        labels = probabilities.argmax(axis=1)
-        return [
-            Classification(int(label), row)
-            for label, row in zip(labels, probabilities, strict=True)
-        ]
 
     def warmup_items(self) -> list[np.ndarray]:
         return [np.zeros((self.size, self.size), dtype=np.float32)]
