@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from service.packaging.errors import PackagingError
 
 if TYPE_CHECKING:  # torch is imported only when a package command runs
+    from service.packaging.package import PackageRequest
     from service.runtime.manifest import Manifest
 
 
@@ -31,6 +32,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--exported", type=Path, metavar="MODEL.pt2", help="a torch.export archive")
     source.add_argument(
         "--hf", type=Path, metavar="DIR", help="a local Hugging Face BERT directory (with --task)"
+    )
+    source.add_argument(
+        "--torchvision", metavar="ARCH", help="a torchvision architecture (with --weights)"
     )
     source.add_argument("--torchscript", type=Path, metavar="MODEL.pt", help="a TorchScript file")
     package.add_argument("--output", type=Path, required=True, help="the model repository")
@@ -56,6 +60,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="tensor (default), or for --hf: text-embedding or text-classification",
     )
     package.add_argument("--handler", help="a registered handler name or package.module:Class")
+    vision = package.add_argument_group("photo classifiers (--torchvision)")
+    vision.add_argument("--weights", type=Path, help="a .safetensors or weights-only .pth file")
+    vision.add_argument("--labels", type=Path, help="class names, one a line")
+    vision.add_argument("--resize", type=int, default=256, help="shorter side (default 256)")
+    vision.add_argument("--crop", type=int, default=224, help="centre crop (default 224)")
+    vision.add_argument("--mean", type=_floats, help="per channel, e.g. 0.485,0.456,0.406")
+    vision.add_argument("--std", type=_floats, help="per channel, e.g. 0.229,0.224,0.225")
     package.add_argument("--input-name", action="append", dest="input_names")
     package.add_argument("--output-name", action="append", dest="output_names")
     package.add_argument("--max-batch-size", type=int, default=32)
@@ -123,6 +134,8 @@ def _package(args: argparse.Namespace) -> Manifest:
         min_agreement=args.min_agreement,
         calibration=parse_example_inputs(args.calibration) if args.calibration else None,
     )
+    if args.torchvision is not None:
+        return _package_torchvision(args, request)
     if args.hf is not None:
         from service.packaging.hf import package_hf
 
@@ -140,3 +153,37 @@ def _package(args: argparse.Namespace) -> Manifest:
     return package_module(
         module_from_factory(args.module), example, request, dynamic_batch=args.dynamic_batch
     )
+
+
+def _package_torchvision(args: argparse.Namespace, request: PackageRequest) -> Manifest:
+    from service.packaging import vision
+
+    if args.task not in ("tensor", "image-classification"):
+        raise PackagingError("--torchvision packages an image-classification model")
+    if args.weights is None:
+        raise PackagingError("--torchvision needs --weights FILE (nothing is downloaded)")
+    labels = _labels(args.labels) if args.labels else None
+    classes = len(labels) if labels else vision.IMAGENET_CLASSES
+    module = vision.torchvision_module(args.torchvision, args.weights, classes)
+    preprocessing = vision.PhotoPreprocessing(
+        resize=args.resize,
+        crop=args.crop,
+        mean=args.mean or vision.IMAGENET_MEAN,
+        std=args.std or vision.IMAGENET_STD,
+    )
+    request.source = {"torchvision": args.torchvision, "weights": args.weights.name}
+    return vision.package_photo_classifier(module, request, preprocessing, labels)
+
+
+def _labels(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise PackagingError(f"--labels {path}: {e}") from e
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError("three comma-separated values, one per channel")
+    return values

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
+from service.runtime.handlers.images import decode_image
 from service.runtime.manifest import Manifest
-
-_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
@@ -66,18 +62,8 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
 
     def image_to_pixels(self, encoded: str, *, index: int) -> np.ndarray:
         """A PNG or JPEG, base64-encoded, to the model's grid: grayscale, resized, ink bright."""
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-            with Image.open(io.BytesIO(raw)) as image:
-                if image.format not in ("PNG", "JPEG"):
-                    raise InvalidInput(f"instance {index}: only PNG and JPEG images are accepted")
-                if image.width * image.height > _MAX_IMAGE_PIXELS:
-                    raise InvalidInput(f"instance {index}: image too large")
-                gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BOX)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(f"instance {index}: 'b64' is not valid base64") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-            raise InvalidInput(f"instance {index}: not a readable PNG or JPEG image") from None
+        image = decode_image(encoded, index=index, mode="L")
+        gray = image.resize((self.size, self.size), Image.Resampling.BOX)
         pixels = np.asarray(gray, dtype=np.float32)
         # The training data is bright ink on a dark ground; most images are the reverse.
         if pixels.mean() > 127.5:

@@ -1,0 +1,105 @@
+"""RGB photo classification (a torchvision-style classifier): resize, centre crop, normalise.
+
+Items are float32 arrays (3, crop, crop), already normalised: what V2 clients send as the
+model's `image` tensor, and what a V1 `{"b64": ...}` photo becomes after the manifest's
+preprocessing (`resize` of the shorter side, `crop`, `mean`, `std`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from service.runtime.errors import InvalidInput, ModelLoadError
+from service.runtime.handlers.base import Prepared
+from service.runtime.handlers.classification import ClassifierHandler
+from service.runtime.handlers.images import MAX_PIXELS, decode_image
+from service.runtime.manifest import Manifest
+
+# Normalised pixels of a real photo lie within a few units of 0; these bounds only refuse
+# values that no preprocessing produces.
+_MAX_ABS_VALUE = 1e3
+
+
+class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        super().__init__(manifest, directory)
+        pre = manifest.preprocessing
+        try:
+            self.resize = int(pre["resize"])
+            self.crop = int(pre["crop"])
+            self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+            self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"preprocessing needs resize, crop, mean and std: {e}") from e
+        self.max_pixels = int(pre.get("max_pixels", MAX_PIXELS))
+        self.input_name = manifest.inputs[0].name
+        self.shape = (3, self.crop, self.crop)
+
+    def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
+        return [self._instance(i, instance) for i, instance in enumerate(instances)]
+
+    def _instance(self, index: int, instance: Any) -> np.ndarray:
+        if isinstance(instance, dict):
+            encoded = instance.get("b64")
+            if not isinstance(encoded, str) or set(instance) != {"b64"}:
+                raise InvalidInput(
+                    f"instance {index}: an image instance is an object with one key, 'b64'"
+                )
+            return self.photo_to_tensor(encoded, index=index)
+        try:
+            pixels = np.asarray(instance, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InvalidInput(
+                f"instance {index}: expected {{'b64': image}} or a {list(self.shape)} tensor"
+            ) from None
+        if pixels.shape != self.shape:
+            raise InvalidInput(
+                f"instance {index}: expected shape {list(self.shape)}, got {list(pixels.shape)}"
+            )
+        self._check(pixels, where=f"instance {index}")
+        return pixels
+
+    @staticmethod
+    def _check(pixels: np.ndarray, *, where: str) -> None:
+        if not np.isfinite(pixels).all() or np.abs(pixels).max() > _MAX_ABS_VALUE:
+            raise InvalidInput(f"{where}: values must be finite, normalised pixels")
+
+    def photo_to_tensor(self, encoded: str, *, index: int) -> np.ndarray:
+        image = decode_image(
+            encoded,
+            index=index,
+            mode="RGB",
+            max_pixels=self.max_pixels,
+            draft_size=(self.resize, self.resize),
+        )
+        scale = self.resize / min(image.size)
+        size = (
+            max(self.crop, round(image.width * scale)),
+            max(self.crop, round(image.height * scale)),
+        )
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        normalised: np.ndarray = (pixels - self.mean) / self.std
+        return normalised
+
+    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        pixels = tensors[self.input_name].astype(np.float32, copy=False)
+        self._check(pixels, where=f"input {self.input_name!r}")
+        return list(pixels)
+
+    def instance_key(self, item: np.ndarray) -> bytes:
+        return np.ascontiguousarray(item, dtype=np.float32).tobytes()
+
+    def preprocess(self, items: list[np.ndarray]) -> Prepared:
+        return Prepared((torch.from_numpy(np.stack(items)),))
+
+    def warmup_items(self) -> list[np.ndarray]:
+        return [np.zeros(self.shape, dtype=np.float32)]
