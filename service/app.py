@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -14,13 +17,14 @@ from service import __version__
 from service.api.deps import AppState
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import admin, ops, v1, v2
+from service.api.routes import admin, ops, repository, v1, v2
 from service.config import Settings, get_settings
 from service.lifecycle import Lifecycle
 from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import TorchThread
+from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
 from service.storage import migrate
 from service.storage.breaker import CircuitBreaker
@@ -81,16 +85,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle = Lifecycle(drain_delay_s=settings.drain_delay_s)
         cache = build_cache(settings)
         prediction_log = build_prediction_log(settings)
+        # Without `torchdock serve` (one worker, in-process) the control directory is private.
+        own_control_dir = settings.model_control_dir is None
+        control_dir = settings.model_control_dir or Path(
+            tempfile.mkdtemp(prefix="torchdock-control-")
+        )
+        model_control = ModelController(settings, registry, control_dir)
         app.state.torchdock = AppState(
             settings=settings,
             registry=registry,
             lifecycle=lifecycle,
             cache=cache,
             prediction_log=prediction_log,
+            model_control=model_control,
         )
         lifecycle.install_sigterm_hook(asyncio.get_running_loop())
         await prediction_log.start()
         await registry.load_all()
+        await model_control.start()
         logger.info("readiness", extra={"ready": registry.ready})
         metrics.WORKERS_READY.set(1)
         # Everything alive now (torch modules, tokenizers, the app) lives as long as the worker.
@@ -103,12 +115,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.WORKERS_READY.set(0)
             lifecycle.begin_drain()
             try:
+                await model_control.stop()
                 await registry.stop()
             finally:
                 # Whatever happened above, the queued log rows still go somewhere durable.
                 await prediction_log.stop()
                 await cache.close()
                 torch_thread.shutdown()
+                if own_control_dir:
+                    shutil.rmtree(control_dir, ignore_errors=True)
                 lifecycle.uninstall()
                 logger.info("worker stopped")
 
@@ -126,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(repository.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

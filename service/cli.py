@@ -50,6 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     from service.server.gunicorn_app import TorchdockApplication, prepare_multiprocess_dir
 
     prepare_multiprocess_dir(Path(metrics_dir))
+    if settings.model_control == "explicit" and settings.model_control_dir is None:
+        # Shared by this server's workers only: what an operator loaded, for each to apply.
+        control_dir = Path(tempfile.mkdtemp(prefix="torchdock-control-"))
+        settings = settings.model_copy(update={"model_control_dir": control_dir})
     TorchdockApplication(settings).run()
     return 0
 

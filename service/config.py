@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from service.runtime.version_policy import VersionPolicy
+
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -37,6 +39,14 @@ class ModelOverrides(BaseModel):
     cache: bool | None = None
     cache_ttl_s: Annotated[int, Field(ge=1)] | None = None
     cache_max_value_bytes: Annotated[int, Field(ge=64)] | None = None
+    version_policy: str | None = None
+
+    @field_validator("version_policy")
+    @classmethod
+    def _check_policy(cls, value: str | None) -> str | None:
+        if value is not None:
+            VersionPolicy.parse(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -51,6 +61,18 @@ class Settings(BaseSettings):
     device: str = "auto"
     precision: Precision = "auto"
     model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
+    # none: what is there at startup, for good; poll: rescan every MODEL_POLL_S; explicit:
+    # the repository API loads and unloads (Triton's --model-control-mode).
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    model_poll_s: Annotated[float, Field(gt=0)] = 10.0
+    model_version_policy: str = Field(
+        default="all", description="all, latest:N or specific:V[,V...]; per model in MODEL_SETTINGS"
+    )
+    model_control_dir: Path | None = Field(
+        default=None,
+        description="Where the workers of one server share the explicitly loaded models;"
+        " `torchdock serve` makes one when unset.",
+    )
     allow_pickled_artifacts: bool = Field(
         default=False,
         description="Load artifacts that can run code when loaded (pickled weights, compiled"
@@ -110,6 +132,12 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
     prediction_lookup: bool = False
     admin_token: SecretStr | None = None
+
+    @field_validator("model_version_policy")
+    @classmethod
+    def _check_version_policy(cls, value: str) -> str:
+        VersionPolicy.parse(value)
+        return value
 
     @field_validator("device")
     @classmethod

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.lifecycle import Lifecycle
+from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
 from service.runtime.singleflight import SingleFlight
 from service.storage.cache import NullCache, PredictionCache
@@ -23,6 +24,7 @@ class AppState:
     cache: PredictionCache = field(default_factory=NullCache)
     prediction_log: PredictionLog = field(default_factory=NullLog)
     single_flight: SingleFlight[Any, Any] = field(default_factory=SingleFlight)
+    model_control: ModelController = field(kw_only=True)
 
 
 async def _state(request: Request) -> AppState:

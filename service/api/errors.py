@@ -25,6 +25,8 @@ _RUNTIME: dict[type[rt.RuntimeProblem], tuple[int, str, str]] = {
     # nginx's convention for "client closed request": only logs and metrics ever see it.
     rt.ClientDisconnected: (499, "client-closed-request", "Client closed request"),
     rt.InferenceFailed: (500, "inference-failed", "Inference failed"),
+    rt.ModelControlDisabled: (409, "model-control-disabled", "Model control disabled"),
+    rt.ModelLoadFailed: (400, "model-load-failed", "Model load failed"),
 }
 
 

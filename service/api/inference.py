@@ -180,6 +180,13 @@ class PredictionRecord:
     def __enter__(self) -> PredictionRecord:
         return self
 
+    def use(self, model: LoadedModel) -> LoadedModel:
+        """The model this request runs on; held until the request ends, so that unloading the
+        version waits for it."""
+        model.acquire()
+        self.model = model
+        return model
+
     async def capture_body(self) -> None:
         """Keep the request body for the row, when payloads are logged (FastAPI caches it)."""
         if self.state.prediction_log.enabled and self.state.settings.log_payloads:
@@ -191,6 +198,8 @@ class PredictionRecord:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self.model is not None:
+            self.model.release()
         status, error_type = 200, None
         if isinstance(exc, Problem):
             status, error_type = exc.status, exc.slug

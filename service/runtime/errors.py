@@ -45,6 +45,14 @@ class InferenceFailed(RuntimeProblem):
     pass
 
 
+class ModelControlDisabled(RuntimeProblem):
+    """Load and unload requests in a MODEL_CONTROL mode that does not take them."""
+
+
+class ModelLoadFailed(RuntimeProblem):
+    """A requested load did not give a serving version; the message says why."""
+
+
 class ModelLoadError(Exception):
     """A model version could not be loaded: missing, corrupt, or a checksum mismatch."""
 

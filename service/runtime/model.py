@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import warnings
@@ -83,6 +84,10 @@ class LoadedModel:
         self._module = module
         self._dtype = DTYPES[precision.precision]
         self._torch_thread = torch_thread
+        # Requests that resolved this version and have not finished: unloading waits for them.
+        self._users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
             run_batch=self._run_batch,
@@ -100,6 +105,23 @@ class LoadedModel:
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    def acquire(self) -> None:
+        self._users += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._idle.set()
+
+    async def wait_idle(self, *, timeout: float) -> bool:
+        """Until no request uses this version (True), or `timeout` passes (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         return await self._torch_thread.run(self.forward, items)

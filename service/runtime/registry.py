@@ -1,8 +1,16 @@
-"""Every model version this worker serves, with its state: loaded, or failed and why."""
+"""Every model version this worker serves, with its state: loaded, or failed and why.
+
+`sync` converges the served versions to the repository and each model's version policy, at
+startup and whenever models are loaded, unloaded or polled. A new version is loaded and warmed
+up before it is routed; a version that goes is taken out of routing first, then drained.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -13,9 +21,10 @@ from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import choose_precision
 from service.runtime.errors import DeviceError, ModelLoadError, ModelNotFound, ModelNotReady
 from service.runtime.executor import TorchThread
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import MANIFEST_FILE, Manifest
 from service.runtime.model import BatchPolicy, LoadedModel, load_model
 from service.runtime.repository import VersionRef, discover, read_verified_manifest
+from service.runtime.version_policy import VersionPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +36,8 @@ class VersionState:
     manifest: Manifest | None = None
     model: LoadedModel | None = None
     error: str | None = None
+    # The manifest's bytes as loaded: a version rewritten in place is loaded again.
+    manifest_digest: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -37,10 +48,12 @@ class VersionState:
 class ModelEntry:
     name: str
     versions: dict[int, VersionState] = field(default_factory=dict)
+    default: int | None = None
 
     @property
     def default_version(self) -> int:
-        """The highest version present, loaded or not: never silently fall back to an older one."""
+        if self.default is not None and self.default in self.versions:
+            return self.default
         return max(self.versions)
 
 
@@ -51,31 +64,78 @@ class ModelRegistry:
         self._device = device
         self.entries: dict[str, ModelEntry] = {}
         self.load_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    def available(self) -> dict[str, list[VersionRef]]:
+        """What the repository holds now (raises ModelLoadError if it is unusable)."""
+        return discover(self._settings.model_repository)
 
     async def load_all(self) -> None:
+        """Startup: the configured models (every model, unless MODELS names some; none in the
+        explicit mode unless MODELS names them)."""
         try:
-            found = discover(self._settings.model_repository)
+            found = self.available()
         except ModelLoadError as e:
             self.load_error = str(e)
             logger.error("model repository unusable: %s", e)
             return
-        wanted = self._settings.models or sorted(found)
-        for name in wanted:
-            entry = self.entries.setdefault(name, ModelEntry(name))
-            refs = found.get(name, [])
-            if not refs:
-                self.load_error = f"configured model {name!r} is not in the repository"
-                logger.error(self.load_error)
+        explicit = self._settings.model_control == "explicit"
+        names = self._settings.models or ([] if explicit else sorted(found))
+        missing = [n for n in names if n not in found]
+        if missing:
+            self.load_error = f"configured model {missing[0]!r} is not in the repository"
+            logger.error(self.load_error)
+        await self.sync(names, found=found, initial=True)
+
+    async def sync(
+        self,
+        names: Collection[str],
+        *,
+        found: dict[str, list[VersionRef]] | None = None,
+        initial: bool = False,
+    ) -> dict[str, str | None]:
+        """Serve exactly `names`, each at the versions its policy selects from the repository.
+        Returns each name's load error (None when its default version serves)."""
+        async with self._lock:
+            found = self.available() if found is None else found
+            outcome: dict[str, str | None] = {}
+            for name in names:
+                entry = self.entries.setdefault(name, ModelEntry(name))
+                await self._sync_entry(entry, found.get(name, []), initial=initial)
+                outcome[name] = _entry_error(entry)
+            for name in [n for n in self.entries if n not in names]:
+                await self._retire_all(self.entries.pop(name))
+            return outcome
+
+    async def _sync_entry(
+        self, entry: ModelEntry, refs: list[VersionRef], *, initial: bool
+    ) -> None:
+        policy = self._policy(entry.name)
+        selected = set(policy.select(ref.version for ref in refs))
+        wanted = {ref.version: ref for ref in refs if ref.version in selected}
+        retired: list[VersionState] = []
+        for version, ref in sorted(wanted.items()):
+            current = entry.versions.get(version)
+            if current is not None and current.manifest_digest == _manifest_digest(ref):
                 continue
-            for ref in refs:
-                entry.versions[ref.version] = await self._load_version(ref)
-        for entry in self.entries.values():
-            for state in entry.versions.values():
-                if state.model is not None:
-                    state.model.batcher.start()
+            state = await self._load_version(ref)
+            if state.model is not None:
+                state.model.batcher.start()
+            if current is not None:
+                retired.append(current)
+            entry.versions[version] = state  # routed only now, warm
+        for version in [v for v in entry.versions if v not in wanted]:
+            retired.append(entry.versions.pop(version))
+        entry.default = _choose_default(entry, initial=initial)
+        for state in retired:
+            await self._retire(state)
+
+    def _policy(self, name: str) -> VersionPolicy:
+        text = self._settings.overrides_for(name).version_policy
+        return VersionPolicy.parse(text or self._settings.model_version_policy)
 
     async def _load_version(self, ref: VersionRef) -> VersionState:
-        state = VersionState(ref.name, ref.version)
+        state = VersionState(ref.name, ref.version, manifest_digest=_manifest_digest(ref))
         try:
             manifest, artifact = read_verified_manifest(ref)
             state.manifest = manifest
@@ -107,6 +167,25 @@ class ModelRegistry:
             )
         return state
 
+    async def _retire(self, state: VersionState) -> None:
+        """Out of routing already: let its in-flight requests finish, then stop its batcher."""
+        model = state.model
+        if model is None:
+            return
+        drained = await model.wait_idle(timeout=self._settings.max_request_timeout_s)
+        await model.batcher.stop()
+        metrics.MODEL_READY.labels(state.name, str(state.version)).set(0)
+        logger.info(
+            "unloaded model version",
+            extra={"model_name": state.name, "model_version": state.version, "drained": drained},
+        )
+
+    async def _retire_all(self, entry: ModelEntry) -> None:
+        states = list(entry.versions.values())
+        entry.versions.clear()
+        for state in states:
+            await self._retire(state)
+
     def _batch_policy(self, manifest: Manifest) -> BatchPolicy:
         overrides = self._settings.overrides_for(manifest.name)
         delay_ms = overrides.max_batch_delay_ms
@@ -123,9 +202,12 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every configured model serves its default version, and there is at least one."""
-        if self.load_error is not None or not self.entries:
+        """Every served model's default version is loaded; with nothing served, only the
+        explicit mode is ready (its models come by request)."""
+        if self.load_error is not None:
             return False
+        if not self.entries:
+            return self._settings.model_control == "explicit"
         return all(
             e.versions and e.versions[e.default_version].ready for e in self.entries.values()
         )
@@ -154,3 +236,34 @@ class ModelRegistry:
                 if state.model is not None:
                     await state.model.batcher.stop()
                     metrics.MODEL_READY.labels(state.name, str(state.version)).set(0)
+
+
+def _choose_default(entry: ModelEntry, *, initial: bool) -> int | None:
+    """At startup the highest version, loaded or not: a broken newest version makes the model
+    unready rather than silently serving an older one. Later, a version that fails to load
+    does not take over: the default stays, or becomes the highest version that serves."""
+    if not entry.versions:
+        return None
+    highest = max(entry.versions)
+    if initial or entry.versions[highest].ready:
+        return highest
+    current = entry.default
+    if current is not None and current in entry.versions and entry.versions[current].ready:
+        return current
+    ready = [v for v, s in entry.versions.items() if s.ready]
+    return max(ready) if ready else highest
+
+
+def _entry_error(entry: ModelEntry) -> str | None:
+    if not entry.versions:
+        return "no version in the repository matches its version policy"
+    state = entry.versions[entry.default_version]
+    newest = entry.versions[max(entry.versions)]
+    return newest.error or state.error
+
+
+def _manifest_digest(ref: VersionRef) -> str | None:
+    try:
+        return hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
+    except OSError:
+        return None

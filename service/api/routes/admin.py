@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
+from service.api.admin_auth import require_admin_token
 from service.api.deps import State
 from service.api.inference import json_response
 from service.api.problems import Problem
@@ -17,20 +17,9 @@ router = APIRouter(prefix="/v1", tags=["admin"])
 
 
 def _authorise(state: State, authorization: str | None) -> None:
-    token = state.settings.admin_token
-    if not state.settings.prediction_lookup or token is None:
+    if not state.settings.prediction_lookup or state.settings.admin_token is None:
         raise Problem(404, "not-found", "Not found", "prediction lookup is not enabled")
-    scheme, _, given = (authorization or "").partition(" ")
-    expected = token.get_secret_value().encode()
-    # Constant time: the comparison must not reveal how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-        raise Problem(
-            401,
-            "unauthorized",
-            "Unauthorized",
-            "a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    require_admin_token(state.settings, authorization)
 
 
 @router.get("/predictions/{request_id}", summary="Prediction-log rows of one request (admin)")

@@ -49,7 +49,7 @@ async def _predict(
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
-        model = record.model = resolve_model(state, name, version)
+        model = record.use(resolve_model(state, name, version))
         rows = body.rows([spec.name for spec in model.manifest.inputs])
         record.instances = len(rows)
         items = model.handler.instances_from_json(rows)

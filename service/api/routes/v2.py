@@ -95,7 +95,7 @@ async def _infer(
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
-        model = record.model = resolve_model(state, name, version)
+        model = record.use(resolve_model(state, name, version))
         manifest = model.manifest
         tensors = decode_inputs(body.inputs, manifest.inputs)
         items = model.handler.instances_from_tensors(tensors)
