@@ -121,6 +121,18 @@ def test_explicit_load_switches_both_workers_with_no_error(
     assert served == {"1", "2"}, traffic.results
     print(f"explicit load under load: {dict(traffic.results)}")
 
+    # A packaged user model through tritonclient's own inference call, as eager computes it.
+    features = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]])
+    tensor = httpclient.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(features.numpy(), binary_data=False)
+    wanted = [httpclient.InferRequestedOutput("output", binary_data=False)]
+    result = client.infer("tiny", [tensor], model_version="2", outputs=wanted)
+    torch.manual_seed(2)
+    expected = torch.nn.Linear(4, 3)(features).detach().numpy()
+    difference = float(abs(result.as_numpy("output") - expected).max())
+    print(f"tritonclient infer on a packaged model: max abs diff to eager {difference:.3g}")
+    assert difference < 1e-5
+
     index = client.get_model_repository_index(headers=AUTH)
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
         ("tiny", "1", "READY"),
