@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.packaging.errors import PackagingError
 
@@ -69,6 +69,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     vision.add_argument("--std", type=_floats, help="per channel, e.g. 0.229,0.224,0.225")
     package.add_argument("--input-name", action="append", dest="input_names")
     package.add_argument("--output-name", action="append", dest="output_names")
+    package.add_argument(
+        "--preprocessing",
+        type=Path,
+        metavar="FILE.json",
+        help="the manifest's preprocessing object, for the handler to read",
+    )
     package.add_argument("--max-batch-size", type=int, default=32)
     package.add_argument(
         "--calibration",
@@ -133,6 +139,7 @@ def _package(args: argparse.Namespace) -> Manifest:
         output_names=args.output_names,
         min_agreement=args.min_agreement,
         calibration=parse_example_inputs(args.calibration) if args.calibration else None,
+        preprocessing=_json_object(args.preprocessing) if args.preprocessing else {},
     )
     if args.torchvision is not None:
         return _package_torchvision(args, request)
@@ -187,3 +194,13 @@ def _floats(text: str) -> list[float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError("three comma-separated values, one per channel")
     return values
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PackagingError(f"--preprocessing {path}: {e}") from e
+    if not isinstance(value, dict):
+        raise PackagingError(f"--preprocessing {path}: expected a JSON object")
+    return value
