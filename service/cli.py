@@ -129,6 +129,37 @@ def _db_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust_keygen(args: argparse.Namespace) -> int:
+    from service.runtime.trust import generate_key_pair
+
+    try:
+        generate_key_pair(args.private_key, args.public_key)
+    except FileExistsError:
+        print(f"torchdock: {args.private_key} exists; not overwriting a key", file=sys.stderr)
+        return 2
+    print(f"private key {args.private_key} (keep it out of the repository and the image)")
+    print(f"public key {args.public_key} (MODEL_TRUST_KEY_FILE)")
+    return 0
+
+
+def _trust_sign(args: argparse.Namespace) -> int:
+    from service.runtime.trust import sign_version
+
+    for directory in args.versions:
+        print(f"signed {sign_version(directory, args.key)}")
+    return 0
+
+
+def _trust_digests(args: argparse.Namespace) -> int:
+    from service.runtime.repository import discover, sha256_file
+
+    for refs in discover(args.repository).values():
+        for ref in refs:
+            manifest = ref.path / "manifest.json"
+            print(f"{sha256_file(manifest)}  {ref.name}/{ref.version}/manifest.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchdock", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_build_models)
 
     package_cli.add_parser(commands)
+
+    trust = commands.add_parser(
+        "trust", help="keys, signatures and digests for MODEL_TRUST"
+    ).add_subparsers(dest="trust_command", required=True)
+    keygen = trust.add_parser("keygen", help="a new Ed25519 key pair (PEM)")
+    keygen.add_argument("--private-key", type=Path, required=True)
+    keygen.add_argument("--public-key", type=Path, required=True)
+    keygen.set_defaults(func=_trust_keygen)
+    sign = trust.add_parser("sign", help="write manifest.json.sig for model versions")
+    sign.add_argument("--key", type=Path, required=True, help="the Ed25519 private key (PEM)")
+    sign.add_argument("versions", type=Path, nargs="+", metavar="REPO/NAME/VERSION")
+    sign.set_defaults(func=_trust_sign)
+    digests = trust.add_parser(
+        "digests", help="print MODEL_DIGESTS_FILE lines for every version of a repository"
+    )
+    digests.add_argument("repository", type=Path)
+    digests.set_defaults(func=_trust_digests)
 
     check = commands.add_parser("check-config", help="print the effective settings, secrets masked")
     check.set_defaults(func=_check_config)

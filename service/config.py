@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         description="Where the workers of one server share the explicitly loaded models;"
         " `torchdock serve` makes one when unset.",
     )
+    model_trust: Literal["none", "digest-pinned", "signed"] = "none"
+    model_digests_file: Path | None = Field(
+        default=None,
+        description="sha256sum lines of the allowed manifests (MODEL_TRUST=digest-pinned),"
+        " kept outside the model repository",
+    )
+    model_trust_key_file: Path | None = Field(
+        default=None, description="The Ed25519 public key (PEM) for MODEL_TRUST=signed"
+    )
     allow_pickled_artifacts: bool = Field(
         default=False,
         description="Load artifacts that can run code when loaded (pickled weights, compiled"
@@ -146,7 +155,12 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
-    @field_validator("database_password_file", "redis_password_file")
+    @field_validator(
+        "database_password_file",
+        "redis_password_file",
+        "model_digests_file",
+        "model_trust_key_file",
+    )
     @classmethod
     def _check_password_file(cls, value: Path | None) -> Path | None:
         if value is not None and not os.access(value, os.R_OK):
@@ -158,6 +172,14 @@ class Settings(BaseSettings):
         url = self.redis_url.get_secret_value() if self.redis_url else ""
         if self.redis_password_file is not None and urlsplit(url).password is not None:
             raise ValueError("REDIS_URL holds a password and REDIS_PASSWORD_FILE names one")
+        return self
+
+    @model_validator(mode="after")
+    def _trust_needs_its_file(self) -> Settings:
+        if self.model_trust == "digest-pinned" and self.model_digests_file is None:
+            raise ValueError("MODEL_TRUST=digest-pinned needs MODEL_DIGESTS_FILE")
+        if self.model_trust == "signed" and self.model_trust_key_file is None:
+            raise ValueError("MODEL_TRUST=signed needs MODEL_TRUST_KEY_FILE")
         return self
 
     @model_validator(mode="after")

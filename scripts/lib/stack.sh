@@ -11,12 +11,14 @@ local_stack=0
 env_file="${TORCHDOCK_ENV_FILE:-$compose_dir/.env}"
 declare -a stack_args=()
 
-# parse_stack_options "$@": consumes --local and --gpu; what follows is left in stack_args.
+# parse_stack_options "$@": consumes --local, --gpu and --models; what follows is left in
+# stack_args.
 parse_stack_options() {
-  while [[ "${1:-}" == --local || "${1:-}" == --gpu ]]; do
+  while [[ "${1:-}" == --local || "${1:-}" == --gpu || "${1:-}" == --models ]]; do
     case "$1" in
       --local) local_stack=1; files+=(-f "$compose_dir/compose.local.yml") ;;
       --gpu) files+=(-f "$compose_dir/compose.gpu.yml") ;;
+      --models) files+=(-f "$compose_dir/compose.models.yml") ;;
     esac
     shift
   done

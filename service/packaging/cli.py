@@ -89,6 +89,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the bound PRECISION=auto needs a reduced precision to meet",
     )
     package.add_argument("--force", action="store_true", help="replace an existing version")
+    package.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PRIVATE.pem",
+        help="sign the manifest (manifest.json.sig) for MODEL_TRUST=signed",
+    )
     package.add_argument("--verbose", action="store_true", help="show torch's own diagnostics")
     package.set_defaults(func=run)
 
@@ -140,6 +146,7 @@ def _package(args: argparse.Namespace) -> Manifest:
         min_agreement=args.min_agreement,
         calibration=parse_example_inputs(args.calibration) if args.calibration else None,
         preprocessing=_json_object(args.preprocessing) if args.preprocessing else {},
+        signing_key=args.sign_key,
     )
     if args.torchvision is not None:
         return _package_torchvision(args, request)

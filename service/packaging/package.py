@@ -27,6 +27,7 @@ from service.runtime.errors import ModelLoadError
 from service.runtime.handlers import handler_for
 from service.runtime.manifest import ArtifactFormat, Manifest, ModelPrecision, TensorSpec
 from service.runtime.model import load_module, load_torchscript, to_host
+from service.runtime.trust import sign_version
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class PackageRequest:
     # Inputs on which reduced precisions are measured; the example input when unset.
     calibration: Tensors | None = None
     precisions: tuple[ModelPrecision, ...] = ("bf16", "fp16")
+    # An Ed25519 private key: the manifest is signed before the version is moved into place.
+    signing_key: Path | None = None
 
 
 def package_module(
@@ -204,6 +207,8 @@ def _package(
             staging, fields=fields, artifact=artifact, files=sorted(request.extra_files)
         )
         _check_handler(manifest, staging, served)
+        if request.signing_key is not None:
+            _sign(staging, request.signing_key)
     logger.info(
         "packaged model",
         extra={
@@ -244,6 +249,13 @@ def _manifest_fields(
         "metrics": {**request.metrics, "packaging_max_abs_diff": difference},
         "source": request.source,
     }
+
+
+def _sign(staging: Path, key: Path) -> None:
+    try:
+        sign_version(staging, key)
+    except (OSError, ValueError) as e:
+        raise PackagingError(f"--sign-key {key}: {e}") from e
 
 
 def _check_handler(manifest: Manifest, staging: Path, module: torch.nn.Module) -> None:

@@ -24,6 +24,7 @@ from service.runtime.executor import TorchThread
 from service.runtime.manifest import MANIFEST_FILE, Manifest
 from service.runtime.model import BatchPolicy, LoadedModel, load_model
 from service.runtime.repository import VersionRef, discover, read_verified_manifest
+from service.runtime.trust import TrustPolicy
 from service.runtime.version_policy import VersionPolicy
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class ModelRegistry:
         self.entries: dict[str, ModelEntry] = {}
         self.load_error: str | None = None
         self._lock = asyncio.Lock()
+        self._trust = TrustPolicy(
+            settings.model_trust, settings.model_digests_file, settings.model_trust_key_file
+        )
 
     def available(self) -> dict[str, list[VersionRef]]:
         """What the repository holds now (raises ModelLoadError if it is unusable)."""
@@ -137,7 +141,7 @@ class ModelRegistry:
     async def _load_version(self, ref: VersionRef) -> VersionState:
         state = VersionState(ref.name, ref.version, manifest_digest=_manifest_digest(ref))
         try:
-            manifest, artifact = read_verified_manifest(ref)
+            manifest, artifact = read_verified_manifest(ref, self._trust)
             state.manifest = manifest
             check_artifact(
                 artifact, manifest.format, allow_code=self._settings.allow_pickled_artifacts

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from service.runtime.errors import ModelLoadError
 from service.runtime.manifest import MANIFEST_FILE, Manifest
+from service.runtime.trust import TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,20 @@ def contained(ref: VersionRef, file_name: str) -> Path:
     return path
 
 
-def read_verified_manifest(ref: VersionRef) -> tuple[Manifest, Path]:
-    """The manifest, after checking that it matches its directory and its artifact's sha256."""
+def read_verified_manifest(
+    ref: VersionRef, trust: TrustPolicy | None = None
+) -> tuple[Manifest, Path]:
+    """The manifest, after checking that it is vouched for (MODEL_TRUST), that it matches its
+    directory, and that every file it names matches its sha256."""
     try:
-        manifest = Manifest.read(ref.path)
-    except (OSError, ValidationError, ValueError) as e:
+        # Read once: the bytes that are vouched for are the bytes that are parsed.
+        raw = (ref.path / MANIFEST_FILE).read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{ref.name}/{ref.version}: unreadable manifest: {e}") from e
+    (trust or TrustPolicy()).verify(ref.name, ref.version, raw, ref.path)
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except (ValidationError, ValueError) as e:
         raise ModelLoadError(f"{ref.name}/{ref.version}: unreadable manifest: {e}") from e
     if (manifest.name, manifest.version) != (ref.name, ref.version):
         raise ModelLoadError(

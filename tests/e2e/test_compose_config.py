@@ -127,3 +127,24 @@ def test_the_load_generator_runs_hardened_beside_the_stack(docker_engine: None) 
     assert "--expect-workers=3" in services["locust-master"]["command"]
     assert services["locust-worker"]["deploy"]["replicas"] == 3
     assert "locust-master" not in resolved()["services"], "off unless asked for"
+
+
+def test_the_models_override_mounts_a_polled_read_only_repository(docker_engine: None) -> None:
+    production, models = resolved(), resolved("models")
+    assert set(models["volumes"]) - set(production["volumes"]) == {"models"}
+    api = models["services"]["api"]
+    assert api["environment"]["MODEL_CONTROL"] == "poll"
+    repository = next(v for v in api["volumes"] if v["target"] == "/opt/torchdock/models")
+    assert (repository["type"], repository["source"], repository["read_only"]) == (
+        "volume",
+        "models",
+        True,
+    )
+    for name, service in models["services"].items():
+        if name != "api":
+            assert service == production["services"][name], name
+    changed = {k for k in api if api[k] != production["services"]["api"].get(k)}
+    assert changed == {"environment", "volumes"}
+    bind = resolved("models", MODEL_REPOSITORY_TYPE="bind", MODEL_REPOSITORY_SOURCE="/srv/models")
+    mount = next(v for v in bind["services"]["api"]["volumes"] if v["type"] == "bind")
+    assert (mount["source"], mount["read_only"]) == ("/srv/models", True)

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
 OVERLAYS = ("cpu", "gpu", "dev")
+# The cpu overlay with the model repository from outside the image (k8s/components).
+MODEL_OVERLAYS = ("cpu-models-pvc", "cpu-models-image")
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # the oldest supported, and the newest known
 WORKLOADS = {"Deployment", "StatefulSet"}
 
@@ -42,7 +44,7 @@ def api_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + MODEL_OVERLAYS)
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_validates_against_the_kubernetes_schemas(overlay: str, version: str) -> None:
     objects = render(overlay)
@@ -61,7 +63,7 @@ def test_the_queue_depth_autoscaler_validates_too() -> None:
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "torchdock_queue_depth"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + MODEL_OVERLAYS)
 def test_every_container_is_locked_down_probed_and_bounded(overlay: str) -> None:
     for workload in (o for o in render(overlay) if o["kind"] in WORKLOADS):
         name = workload["metadata"]["name"]
@@ -69,13 +71,14 @@ def test_every_container_is_locked_down_probed_and_bounded(overlay: str) -> None
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
-        for container in pod["containers"]:
+        for container in pod["containers"] + pod.get("initContainers", []):
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["allowPrivilegeEscalation"] is False, name
             assert context["capabilities"]["drop"] == ["ALL"], name
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= container["resources"][bound].keys(), name
+        for container in pod["containers"]:
             assert container["readinessProbe"] and container["livenessProbe"], name
 
 
@@ -164,8 +167,39 @@ def test_the_dev_redis_is_set_as_the_compose_one() -> None:
     assert given["--save"] == " ".join(conf["save"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + MODEL_OVERLAYS)
 def test_everything_lands_in_the_torchdock_namespace(overlay: str) -> None:
     for obj in render(overlay):
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == "torchdock", (obj["kind"], obj["metadata"])
+
+
+def _image_model_repository() -> str:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    match = re.search(r"MODEL_REPOSITORY=(\S+)", dockerfile)
+    assert match
+    return match.group(1)
+
+
+@pytest.mark.parametrize("overlay", MODEL_OVERLAYS)
+def test_the_model_repository_is_mounted_read_only_where_the_image_keeps_it(overlay: str) -> None:
+    objects = render(overlay)
+    api = api_container(objects)
+    mount = next(m for m in api["volumeMounts"] if m["name"] == "models")
+    assert mount == {"name": "models", "mountPath": _image_model_repository(), "readOnly": True}
+    settings = find(objects, "ConfigMap", "torchdock-api")["data"]
+    pod = find(objects, "Deployment", "torchdock-api")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    if overlay == "cpu-models-pvc":
+        assert settings["MODEL_CONTROL"] == "poll"
+        assert volume["persistentVolumeClaim"] == {
+            "claimName": "torchdock-models",
+            "readOnly": True,
+        }
+        claim = find(objects, "PersistentVolumeClaim", "torchdock-models")
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    else:
+        assert settings.get("MODEL_CONTROL", "none") == "none"  # models change by rollout
+        (init,) = pod["initContainers"]
+        assert init["image"] == api["image"]  # the release image carries the bundled models
+        assert init["command"][-2:] == [f"{_image_model_repository()}/.", "/models/"]
