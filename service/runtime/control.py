@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.processes import pid_alive
+
 STATE_FILE = "models.json"
 
 
@@ -68,7 +70,7 @@ class SharedModelControl:
         found = []
         for path in self._workers.glob("*.json"):
             pid = int(path.stem)
-            if not _alive(pid):
+            if not pid_alive(pid):
                 path.unlink(missing_ok=True)
                 continue
             try:
@@ -116,13 +118,3 @@ def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(text)
     partial.replace(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

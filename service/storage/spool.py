@@ -22,22 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from service.processes import pid_alive
+
 logger = logging.getLogger(__name__)
 
 _OWNER = r"(\d+)\.([0-9a-f]+)"
 _ACTIVE = re.compile(rf"^active-{_OWNER}\.jsonl$")
 _READY = re.compile(rf"^ready-{_OWNER}-\d+\.jsonl$")
 _REPLAYING = re.compile(rf"^replaying-{_OWNER}-.+\.jsonl$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Spool:
@@ -60,7 +52,7 @@ class Spool:
     def _owner_alive(self, pid: int, boot: str) -> bool:
         if pid == self._pid:
             return boot == self._boot  # same PID, other boot id: a dead earlier process
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
     def append(self, lines: list[bytes]) -> None:
         """Write rows (one JSON document each) now; `sync()` makes them durable."""

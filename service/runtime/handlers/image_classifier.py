@@ -13,7 +13,7 @@ from PIL import Image
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import decode_image
+from service.runtime.handlers.images import b64_of, decode_image
 from service.runtime.manifest import Manifest
 
 
@@ -31,12 +31,8 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
         return [self._decode_instance(i, instance) for i, instance in enumerate(instances)]
 
     def _decode_instance(self, index: int, instance: Any) -> np.ndarray:
-        if isinstance(instance, dict):
-            encoded = instance.get("b64")
-            if not isinstance(encoded, str) or set(instance) != {"b64"}:
-                raise InvalidInput(
-                    f"instance {index}: an image instance is an object with one key, 'b64'"
-                )
+        encoded = b64_of(instance, index=index)
+        if encoded is not None:
             return self.image_to_pixels(encoded, index=index)
         try:
             pixels = np.asarray(instance, dtype=np.float32)

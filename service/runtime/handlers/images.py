@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -41,3 +42,13 @@ def decode_image(
         raise InvalidInput(f"instance {index}: 'b64' is not valid base64") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise InvalidInput(f"instance {index}: not a readable PNG or JPEG image") from None
+
+
+def b64_of(instance: Any, *, index: int) -> str | None:
+    """The encoded image of a `{"b64": ...}` instance; None for an instance of another form."""
+    if not isinstance(instance, dict):
+        return None
+    encoded = instance.get("b64")
+    if not isinstance(encoded, str) or set(instance) != {"b64"}:
+        raise InvalidInput(f"instance {index}: an image instance is an object with one key, 'b64'")
+    return encoded

@@ -18,7 +18,7 @@ from PIL import Image
 from service.runtime.errors import InvalidInput, ModelLoadError
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import MAX_PIXELS, decode_image
+from service.runtime.handlers.images import MAX_PIXELS, b64_of, decode_image
 from service.runtime.manifest import Manifest
 
 # Normalised pixels of a real photo lie within a few units of 0; these bounds only refuse
@@ -45,12 +45,8 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
         return [self._instance(i, instance) for i, instance in enumerate(instances)]
 
     def _instance(self, index: int, instance: Any) -> np.ndarray:
-        if isinstance(instance, dict):
-            encoded = instance.get("b64")
-            if not isinstance(encoded, str) or set(instance) != {"b64"}:
-                raise InvalidInput(
-                    f"instance {index}: an image instance is an object with one key, 'b64'"
-                )
+        encoded = b64_of(instance, index=index)
+        if encoded is not None:
             return self.photo_to_tensor(encoded, index=index)
         try:
             pixels = np.asarray(instance, dtype=np.float32)

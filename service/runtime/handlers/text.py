@@ -88,6 +88,28 @@ class TextInputs:
         return passes
 
 
+class TextItems:
+    """The item side of a text handler (texts in, tokenised on the torch thread), mixed in
+    before the base class of its output side: `class H(TextItems, ClassifierHandler[str])`."""
+
+    text: TextInputs
+
+    def instances_from_json(self, instances: Sequence[Any]) -> list[str]:
+        return self.text.from_json(instances)
+
+    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[str]:
+        return self.text.from_tensors(tensors)
+
+    def instance_key(self, item: str) -> bytes:
+        return item.encode("utf-8")
+
+    def preprocess(self, items: list[str]) -> Prepared:
+        return self.text.preprocess(items)
+
+    def preprocess_in_passes(self, items: list[str]) -> list[tuple[list[int], Prepared]]:
+        return self.text.in_passes(items)
+
+
 def _pass(
     chunk: list[int],
     ids: torch.Tensor,

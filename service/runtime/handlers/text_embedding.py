@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.runtime.handlers.base import ModelHandler, Prepared
-from service.runtime.handlers.text import TextInputs
+from service.runtime.handlers.text import TextInputs, TextItems
 from service.runtime.manifest import Manifest
 
 _HEADER = struct.Struct("<H?")
@@ -24,16 +24,10 @@ class Embedding:
     truncated: bool
 
 
-class TextEmbeddingHandler(ModelHandler[str, Embedding]):
+class TextEmbeddingHandler(TextItems, ModelHandler[str, Embedding]):
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         super().__init__(manifest, directory)
         self.text = TextInputs(self)
-
-    def instances_from_json(self, instances: Sequence[Any]) -> list[str]:
-        return self.text.from_json(instances)
-
-    def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[str]:
-        return self.text.from_tensors(tensors)
 
     def predictions_to_json(self, predictions: Sequence[Embedding]) -> list[Any]:
         return [
@@ -47,9 +41,6 @@ class TextEmbeddingHandler(ModelHandler[str, Embedding]):
             "truncated": np.array([p.truncated for p in predictions], dtype=np.bool_),
         }
 
-    def instance_key(self, item: str) -> bytes:
-        return item.encode("utf-8")
-
     def encode_prediction(self, prediction: Embedding) -> bytes:
         header = _HEADER.pack(prediction.tokens, prediction.truncated)
         return header + prediction.vector.astype("<f4").tobytes()
@@ -60,12 +51,6 @@ class TextEmbeddingHandler(ModelHandler[str, Embedding]):
         tokens, truncated = _HEADER.unpack_from(data)
         vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size)
         return Embedding(vector, tokens, truncated)
-
-    def preprocess(self, items: list[str]) -> Prepared:
-        return self.text.preprocess(items)
-
-    def preprocess_in_passes(self, items: list[str]) -> list[tuple[list[int], Prepared]]:
-        return self.text.in_passes(items)
 
     def postprocess(self, outputs: Any, prepared: Prepared) -> list[Embedding]:
         vectors = outputs.float().numpy()
