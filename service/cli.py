@@ -182,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     trust = commands.add_parser(
         "trust", help="keys, signatures and digests for MODEL_TRUST"
     ).add_subparsers(dest="trust_command", required=True)
-    keygen = trust.add_parser("keygen", help="a new Ed25519 key pair (PEM)")
+    keygen = trust.add_parser("keygen", help="a new Ed25519 key pair (base64 files)")
     keygen.add_argument("--private-key", type=Path, required=True)
     keygen.add_argument("--public-key", type=Path, required=True)
     keygen.set_defaults(func=_trust_keygen)
     sign = trust.add_parser("sign", help="write manifest.json.sig for model versions")
-    sign.add_argument("--key", type=Path, required=True, help="the Ed25519 private key (PEM)")
+    sign.add_argument("--key", type=Path, required=True, help="the Ed25519 private key file")
     sign.add_argument("versions", type=Path, nargs="+", metavar="REPO/NAME/VERSION")
     sign.set_defaults(func=_trust_sign)
     digests = trust.add_parser(

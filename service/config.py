@@ -80,7 +80,9 @@ class Settings(BaseSettings):
         " kept outside the model repository",
     )
     model_trust_key_file: Path | None = Field(
-        default=None, description="The Ed25519 public key (PEM) for MODEL_TRUST=signed"
+        default=None,
+        description="The Ed25519 public key for MODEL_TRUST=signed (base64, as"
+        " `torchdock trust keygen` writes it)",
     )
     allow_pickled_artifacts: bool = Field(
         default=False,

@@ -92,7 +92,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     package.add_argument(
         "--sign-key",
         type=Path,
-        metavar="PRIVATE.pem",
+        metavar="PRIVATE_KEY",
         help="sign the manifest (manifest.json.sig) for MODEL_TRUST=signed",
     )
     package.add_argument("--verbose", action="store_true", help="show torch's own diagnostics")

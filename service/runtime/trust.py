@@ -7,7 +7,8 @@ vouches for the whole version.
 - digest-pinned: MODEL_DIGESTS_FILE, kept outside the repository, lists the sha256 of each
   allowed manifest, in `sha256sum` format (`<hex>  <name>/<version>/manifest.json`).
 - signed: `manifest.json.sig` beside the manifest is an Ed25519 signature of its bytes
-  (base64), checked with the public key in MODEL_TRUST_KEY_FILE.
+  (base64), checked with the public key in MODEL_TRUST_KEY_FILE (base64 of its 32 bytes, as
+  `torchdock trust keygen` writes it). Signing and checking are libsodium's (PyNaCl).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 from service.runtime.errors import ModelLoadError
 
@@ -54,10 +54,10 @@ class TrustPolicy:
             try:
                 encoded = (directory / SIGNATURE_FILE).read_bytes().strip()
                 signature = base64.b64decode(encoded, validate=True)
-                key.verify(signature, manifest_bytes)
+                key.verify(manifest_bytes, signature)
             except FileNotFoundError:
                 raise ModelLoadError(f"{where}: no {SIGNATURE_FILE} (MODEL_TRUST=signed)") from None
-            except (InvalidSignature, binascii.Error, ValueError):
+            except (BadSignatureError, binascii.Error, ValueError):
                 raise ModelLoadError(f"{where}: the manifest's signature is not valid") from None
 
 
@@ -76,39 +76,37 @@ def read_digests(path: Path) -> dict[str, str]:
     return digests
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: Path) -> VerifyKey:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"MODEL_TRUST_KEY_FILE: {e}") from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise ModelLoadError("MODEL_TRUST_KEY_FILE: not an Ed25519 public key")
-    return key
+        return VerifyKey(_key_bytes(path))
+    except (OSError, ValueError, CryptoError) as e:
+        raise ModelLoadError(f"MODEL_TRUST_KEY_FILE: not an Ed25519 public key: {e}") from e
 
 
 def generate_key_pair(private_path: Path, public_path: Path) -> None:
-    """A new Ed25519 key pair as PEM files; the private one readable by its owner only."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    private_path.touch(mode=0o600, exist_ok=False)
-    private_path.write_bytes(private)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    """A new Ed25519 key pair, each key base64 in a file; the private one readable by its
+    owner only. Raises FileExistsError rather than replace a key."""
+    key = SigningKey.generate()
+    with private_path.open("x") as private:  # created, never overwritten
+        private_path.chmod(0o600)
+        private.write(base64.b64encode(bytes(key)).decode() + "\n")
+    public_path.write_text(base64.b64encode(bytes(key.verify_key)).decode() + "\n")
 
 
 def sign_version(directory: Path, private_key_file: Path) -> Path:
     """Write `manifest.json.sig` for the version in `directory`."""
-    key = serialization.load_pem_private_key(private_key_file.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{private_key_file}: not an Ed25519 private key")
-    signature = key.sign((directory / "manifest.json").read_bytes())
+    try:
+        key = SigningKey(_key_bytes(private_key_file))
+    except CryptoError as e:
+        raise ValueError(f"{private_key_file}: not an Ed25519 private key: {e}") from e
+    signature = key.sign((directory / "manifest.json").read_bytes()).signature
     target = directory / SIGNATURE_FILE
     target.write_bytes(base64.b64encode(signature) + b"\n")
     return target
+
+
+def _key_bytes(path: Path) -> bytes:
+    try:
+        return base64.b64decode(path.read_bytes().strip(), validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"{path}: not base64") from e

@@ -145,6 +145,40 @@ def test_hardened_run(run_container: type[Container]) -> None:
     assert docker("exec", container.name, "id", "-u").stdout.strip() == "4242"
 
 
+def test_a_mounted_repository_is_polled_read_only_as_compose_mounts_it(
+    run_container: type[Container], tmp_path: Path
+) -> None:
+    """compose.models.yml's bind mount: the image, hardened, serves what is packaged on the host."""
+    import torch
+
+    from service.packaging.package import PackageRequest, package_module
+
+    repo = tmp_path / "repo"
+
+    def add(version: int) -> None:
+        torch.manual_seed(version)
+        request = PackageRequest(output=repo, name="tiny", version=version)
+        package_module(torch.nn.Linear(4, 3), (torch.zeros(2, 4),), request)
+
+    add(1)
+    container = run_container(
+        "--read-only", "--tmpfs", "/tmp:mode=1777",
+        "--tmpfs", "/var/lib/torchdock/spool:mode=1777",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--volume", f"{repo}:/opt/torchdock/models:ro",
+        env={"MODEL_CONTROL": "poll", "MODEL_POLL_S": "0.5", "WORKERS": "1"},
+    )  # fmt: skip
+    container.wait_healthy()
+    body = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
+    predict = f"{container.url}/v1/models/tiny:predict"
+    assert httpx.post(predict, json=body).headers["X-Model-Version"] == "1"
+    add(2)  # written on the host by a user other than the container's
+    deadline = time.monotonic() + 60
+    while httpx.post(predict, json=body).headers["X-Model-Version"] != "2":
+        assert time.monotonic() < deadline, docker("logs", container.name).stderr[-3000:]
+        time.sleep(0.5)
+
+
 def test_stop_lets_an_in_flight_request_finish(run_container: type[Container]) -> None:
     container = run_container(
         env={

@@ -45,7 +45,7 @@ async def _state(make_settings: SettingsFactory, repo: Path, **trust: Any) -> di
 
 
 async def test_signed_manifests(tmp_path: Path, make_settings: SettingsFactory) -> None:
-    private, public = tmp_path / "signing.pem", tmp_path / "signing.pub.pem"
+    private, public = tmp_path / "signing.key", tmp_path / "signing.pub"
     assert (
         main(["trust", "keygen", "--private-key", str(private), "--public-key", str(public)]) == 0
     )
@@ -63,7 +63,7 @@ async def test_signed_manifests(tmp_path: Path, make_settings: SettingsFactory) 
     assert "no manifest.json.sig" in versions["3"]["error"]
     assert "signature is not valid" in versions["4"]["error"]
 
-    other = tmp_path / "other.pem"
+    other = tmp_path / "other.key"
     main(["trust", "keygen", "--private-key", str(other), "--public-key", str(tmp_path / "o.pub")])
     versions = await _state(
         make_settings, repo, model_trust="signed", model_trust_key_file=tmp_path / "o.pub"
