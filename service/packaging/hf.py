@@ -63,6 +63,7 @@ def package_hf(directory: Path, task: str, request: PackageRequest) -> Manifest:
             TensorSpec(name="probabilities", datatype="FP32", shape=[-1, classes]),
         ]
         request.labels = [config.id2label.get(i, str(i)) for i in range(classes)]
+        request.preprocessing = {"top_k": min(5, classes), **request.preprocessing}
         request.agreement = agreement.TOP1
     load_bert_weights(module, _safetensors(directory / "model.safetensors"), config.layers)
     max_tokens = min(_max_seq_length(directory) or config.max_positions, config.max_positions)

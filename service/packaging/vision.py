@@ -59,7 +59,11 @@ def package_photo_classifier(
         TensorSpec(name="probabilities", datatype="FP32", shape=[-1, classes]),
     ]
     request.labels = labels
-    request.preprocessing = {**asdict(preprocessing), **request.preprocessing}
+    request.preprocessing = {
+        **asdict(preprocessing),
+        "top_k": min(5, classes),
+        **request.preprocessing,
+    }
     request.agreement = agreement.TOP1
     request.calibration = (torch.randn(16, 3, crop, crop, generator=generator),)
     return package_module(

@@ -81,6 +81,10 @@ async def test_a_text_classifier_is_served_like_transformers(
         assert [p["label_name"] for p in predictions] == [
             LABELS[int(i)] for i in expected.argmax(1)
         ]
+        for prediction, row in zip(predictions, expected, strict=True):
+            top = prediction["top_k"]  # all three classes, best first
+            assert [t["label"] for t in top] == list(np.argsort(-row, kind="stable"))
+            assert abs(top[0]["score"] - row.max()) < 1e-5
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [5], "data": TEXTS}]}
         r = await c.post("/v2/models/sentiment/infer", json=body)
         assert r.status_code == 200, r.text

@@ -33,20 +33,30 @@ class ClassifierHandler(ModelHandler[Item, Classification], Generic[Item]):
         self.labels = manifest.labels or []
         probabilities = next(s for s in manifest.outputs if s.name == "probabilities")
         self.classes = probabilities.shape[-1]
+        # The k best classes by name, in V1 answers, when the manifest asks for them.
+        self.top_k = min(int(manifest.preprocessing.get("top_k", 0)), self.classes)
 
     def label_name(self, label: int) -> str:
         return self.labels[label] if self.labels else str(label)
 
     def predictions_to_json(self, predictions: Sequence[Classification]) -> list[Any]:
-        return [
-            {
+        answers = []
+        for p in predictions:
+            answer: dict[str, Any] = {
                 "label": p.label,
                 "label_name": self.label_name(p.label),
                 "score": float(p.probabilities[p.label]),
                 "probabilities": p.probabilities,
             }
-            for p in predictions
-        ]
+            if self.top_k:
+                best = np.argsort(-p.probabilities, kind="stable")[: self.top_k]
+                answer["top_k"] = [
+                    {"label": int(i), "label_name": self.label_name(int(i)),
+                     "score": float(p.probabilities[i])}
+                    for i in best
+                ]  # fmt: skip
+            answers.append(answer)
+        return answers
 
     def predictions_to_tensors(
         self, predictions: Sequence[Classification]
