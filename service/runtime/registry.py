@@ -141,10 +141,15 @@ class ModelRegistry:
     async def _load_version(self, ref: VersionRef) -> VersionState:
         state = VersionState(ref.name, ref.version, manifest_digest=_manifest_digest(ref))
         try:
-            manifest, artifact = read_verified_manifest(ref, self._trust)
+            # Hashing a large artifact takes a while: off the event loop, which keeps serving
+            # the versions already loaded, and off the torch thread, which keeps computing.
+            manifest, artifact = await asyncio.to_thread(read_verified_manifest, ref, self._trust)
             state.manifest = manifest
-            check_artifact(
-                artifact, manifest.format, allow_code=self._settings.allow_pickled_artifacts
+            await asyncio.to_thread(
+                check_artifact,
+                artifact,
+                manifest.format,
+                allow_code=self._settings.allow_pickled_artifacts,
             )
             state.model = await self._torch_thread.run(
                 load_model,
