@@ -23,6 +23,7 @@ from service.observability.logging import request_id_var
 from service.runtime.batcher import Batched
 from service.runtime.errors import ModelNotFound, RuntimeProblem, TooManyInstances
 from service.runtime.model import LoadedModel
+from service.runtime.repository import version_number
 from service.storage.cache import cache_key
 from service.storage.prediction_log import PredictionRow
 
@@ -32,9 +33,10 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 def parse_version(version: str | None, *, model: str) -> int | None:
     if version is None:
         return None
-    if not version.isdigit():
+    number = version_number(version)
+    if number is None:
         raise ModelNotFound(f"model {model!r} has no version {version!r}")
-    return int(version)
+    return number
 
 
 def resolve_model(state: AppState, name: str, version: str | None) -> LoadedModel:
@@ -264,6 +266,4 @@ def _digest(parts: Any) -> str:
 
 def _int_or_zero(version: str | None) -> int:
     """A version from the URL, as the log's integer column can hold it (0 when it cannot)."""
-    if version and version.isdigit() and int(version) < 2**31:
-        return int(version)
-    return 0
+    return (version_number(version) if version else None) or 0

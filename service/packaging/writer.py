@@ -14,15 +14,15 @@ import torch
 
 from service.packaging.errors import PackagingError
 from service.runtime.manifest import Manifest
-from service.runtime.repository import sha256_file
+from service.runtime.repository import sha256_file, version_number
 
 
 def next_version(output: Path, name: str) -> int:
     """One above the highest version already in the repository, or 1."""
     model_dir = output / name
-    taken = (
-        [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
-    )
+    if not model_dir.is_dir():
+        return 1
+    taken = [n for p in model_dir.iterdir() if (n := version_number(p.name)) is not None]
     return max(taken, default=0) + 1
 
 

@@ -20,6 +20,15 @@ class VersionRef:
     path: Path
 
 
+def version_number(text: str) -> int | None:
+    """A model version as a URL or a directory names it: 1 to 9 ASCII digits, else None.
+
+    str.isdigit alone also takes "²" and other Unicode digits, which int() then refuses."""
+    if 0 < len(text) <= 9 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def discover(root: Path) -> dict[str, list[VersionRef]]:
     """Every `<model>/<version>` directory that holds a manifest, versions ascending."""
     if not root.is_dir():
@@ -29,9 +38,9 @@ def discover(root: Path) -> dict[str, list[VersionRef]]:
     found: dict[str, list[VersionRef]] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         versions = [
-            VersionRef(model_dir.name, int(v.name), v)
+            VersionRef(model_dir.name, number, v)
             for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and _has_manifest(v)
+            if (number := version_number(v.name)) is not None and v.is_dir() and _has_manifest(v)
         ]
         if versions:
             found[model_dir.name] = sorted(versions, key=lambda r: r.version)

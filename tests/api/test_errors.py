@@ -131,6 +131,26 @@ async def test_unknown_model_or_version(client: httpx.AsyncClient, path: str) ->
     _assert_problem(meta, 404, "model-not-found")
 
 
+# Unicode digits pass str.isdigit but not int(): each of these answered 500 once.
+@pytest.mark.parametrize("version", ["%C2%B2", "%D9%A3", "1" * 5000])
+@pytest.mark.parametrize(
+    ("method", "template"),
+    [
+        ("POST", "/v1/models/digits/versions/{}:predict"),
+        ("POST", "/v2/models/digits/versions/{}/infer"),
+        ("GET", "/v2/models/digits/versions/{}"),
+        ("GET", "/v2/models/digits/versions/{}/ready"),
+    ],
+)
+async def test_a_version_that_is_not_an_ascii_number_is_not_found(
+    client: httpx.AsyncClient, method: str, template: str, version: str
+) -> None:
+    body = {"instances": [ZEROS]} if "/v1/" in template else _v2([0.0] * 64, [1, 8, 8])
+    r = await client.request(method, template.format(version), json=body)
+    problem = _assert_problem(r, 404, "model-not-found")
+    assert problem["request_id"]
+
+
 async def test_too_many_instances(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/models/digits:predict", json={"instances": [ZEROS] * 65})
     assert "max_batch_size" in _assert_problem(r, 422, "too-many-instances")["detail"]

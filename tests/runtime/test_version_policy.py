@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.runtime.repository import version_number
 from service.runtime.version_policy import VersionPolicy
 
 pytestmark = pytest.mark.unit
@@ -29,3 +30,12 @@ def test_selection(text: str, selected: list[int]) -> None:
 def test_invalid_policies_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not all, latest:N or specific"):
         VersionPolicy.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("1", 1), ("42", 42), ("999999999", 999_999_999), ("²", None), ("٣", None),
+     ("", None), ("1234567890", None), ("-1", None), ("1.0", None)],
+)  # fmt: skip
+def test_version_numbers_are_ascii_digits(text: str, number: int | None) -> None:
+    assert version_number(text) == number
