@@ -1,5 +1,6 @@
 """Backup retention: keep the newest backup of each of the last N days that have one, and of
-each of the last M ISO weeks that have one; delete every other complete backup.
+each of the last M ISO weeks that have one; delete every other complete backup. The newest
+backup is always kept, whatever N and M say: retention never leaves no backup at all.
 
 Backups are folders named by their UTC time (20261130T021500Z). Partial folders (a backup that
 failed or is still running) are never touched.
@@ -19,7 +20,7 @@ _NAME = re.compile(r"^\d{8}T\d{6}Z$")
 
 def to_keep(stamps: list[dt.datetime], daily: int, weekly: int) -> set[dt.datetime]:
     newest_first = sorted(stamps, reverse=True)
-    keep: set[dt.datetime] = set()
+    keep: set[dt.datetime] = set(newest_first[:1])
     days: list[dt.date] = []
     weeks: list[tuple[int, int]] = []
     for stamp in newest_first:
@@ -34,11 +35,18 @@ def to_keep(stamps: list[dt.datetime], daily: int, weekly: int) -> set[dt.dateti
     return keep
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a count (0 or more)")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("backup_dir", type=Path)
-    parser.add_argument("--daily", type=int, required=True)
-    parser.add_argument("--weekly", type=int, required=True)
+    parser.add_argument("--daily", type=_count, required=True)
+    parser.add_argument("--weekly", type=_count, required=True)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if not args.backup_dir.is_dir():

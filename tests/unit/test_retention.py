@@ -52,3 +52,17 @@ def test_pruning_again_changes_nothing(tmp_path: Path) -> None:
 
 def test_an_empty_or_missing_backup_dir_is_fine(tmp_path: Path) -> None:
     assert prune(tmp_path, daily=7, weekly=4) == set()
+
+
+def test_retention_of_zero_keeps_the_newest_backup(tmp_path: Path) -> None:
+    # Once, --daily 0 --weekly 0 deleted every backup, the one just taken too.
+    make_backups(tmp_path, ["20261101T000000Z", "20261120T000000Z", "20261121T000000Z"])
+    assert prune(tmp_path, daily=0, weekly=0) == {"20261121T000000Z"}
+
+
+def test_a_negative_retention_is_refused(tmp_path: Path) -> None:
+    make_backups(tmp_path, ["20261101T000000Z"])
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        prune(tmp_path, daily=-1, weekly=4)
+    assert "is not a count" in refused.value.stderr
+    assert (tmp_path / "20261101T000000Z").is_dir()
