@@ -14,6 +14,10 @@ from service.runtime import errors as rt
 
 logger = logging.getLogger(__name__)
 
+# The validation errors listed in a 422, and the length of each of their texts.
+_MAX_ERRORS = 20
+_MAX_TEXT = 120
+
 _RUNTIME: dict[type[rt.RuntimeProblem], tuple[int, str, str]] = {
     rt.ModelNotFound: (404, "model-not-found", "Model not found"),
     rt.ModelNotReady: (503, "model-not-ready", "Model not ready"),
@@ -84,12 +88,18 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
         reason = (invalid.get("ctx") or {}).get("error")
         detail = "the request body is not valid JSON" + (f": {reason}" if reason else "")
         return problem_response(Problem(400, "malformed-json", "Malformed JSON", detail))
+    # Bounded: a body of many bad parts (or of huge keys) must not get a bigger answer back.
     details = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in errors
+        {
+            "loc": [str(p)[:_MAX_TEXT] for p in e.get("loc", ())],
+            "msg": str(e.get("msg", ""))[:_MAX_TEXT],
+        }
+        for e in errors[:_MAX_ERRORS]
     ]
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
+    extra = {"errors": details, "errors_total": len(errors)}
     return problem_response(
-        Problem(422, "invalid-request", "Invalid request", summary, extra={"errors": details})
+        Problem(422, "invalid-request", "Invalid request", summary, extra=extra)
     )
 
 

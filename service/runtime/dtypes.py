@@ -55,9 +55,15 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def to_numeric_array(data: Any, datatype: str, *, where: str) -> np.ndarray:
     """JSON numbers (nested lists) as a flat array of `datatype`; raises InvalidInput."""
+    return numeric_array(data, datatype, where=where).reshape(-1)
+
+
+def numeric_array(data: Any, datatype: str, *, where: str) -> np.ndarray:
+    """JSON numbers (regularly nested lists) as an array of `datatype`, in their nesting's
+    shape; strings, booleans for numbers, ragged lists and non-finite floats raise InvalidInput."""
     dtype = numpy_dtype(datatype)
     try:
-        raw = np.asarray(data).reshape(-1)
+        raw = np.asarray(data)
     except (ValueError, TypeError):
         raise InvalidInput(f"{where}: data is not a regular {datatype} tensor") from None
     if raw.dtype.kind not in "biuf":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,13 +41,17 @@ class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+# The files prometheus_client's multiprocess mode writes: `counter_<pid>.db`,
+# `gauge_livesum_<pid>.db` and so on.
+_METRICS_FILE = re.compile(r"^(counter|gauge|histogram|summary)_[a-z_]*\d+\.db$")
+
+
 def prepare_multiprocess_dir(path: Path) -> None:
-    """Start every server with an empty metrics directory: stale files would add dead workers."""
+    """Start every server without stale metrics files, which would add dead workers. Only those
+    files go: PROMETHEUS_MULTIPROC_DIR may name a directory that holds anything else."""
     if path.exists():
         for child in path.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
+            if child.is_file() and _METRICS_FILE.match(child.name):
                 child.unlink()
     path.mkdir(parents=True, exist_ok=True)
 

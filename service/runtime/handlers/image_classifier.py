@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
@@ -34,12 +35,8 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
         encoded = b64_of(instance, index=index)
         if encoded is not None:
             return self.image_to_pixels(encoded, index=index)
-        try:
-            pixels = np.asarray(instance, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise InvalidInput(
-                f"instance {index}: expected {self.size}x{self.size} numbers or {{'b64': image}}"
-            ) from None
+        # Numbers only: "7" and true are not pixels.
+        pixels = numeric_array(instance, "FP32", where=f"instance {index}")
         if pixels.shape == (self.size * self.size,):
             pixels = pixels.reshape(self.size, self.size)
         if pixels.shape != (self.size, self.size):

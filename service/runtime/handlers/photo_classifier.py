@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput, ModelLoadError
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
@@ -48,12 +49,7 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
         encoded = b64_of(instance, index=index)
         if encoded is not None:
             return self.photo_to_tensor(encoded, index=index)
-        try:
-            pixels = np.asarray(instance, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise InvalidInput(
-                f"instance {index}: expected {{'b64': image}} or a {list(self.shape)} tensor"
-            ) from None
+        pixels = numeric_array(instance, "FP32", where=f"instance {index}")
         if pixels.shape != self.shape:
             raise InvalidInput(
                 f"instance {index}: expected shape {list(self.shape)}, got {list(pixels.shape)}"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.runtime.dtypes import numpy_dtype, to_numeric_array
+from service.runtime.dtypes import numeric_array, numpy_dtype
 from service.runtime.errors import InvalidInput, ModelLoadError
 from service.runtime.handlers.base import ModelHandler, Prepared
 from service.runtime.manifest import Manifest, TensorSpec
@@ -70,11 +70,10 @@ class TensorHandler(ModelHandler[Instance, Prediction]):
 
     @staticmethod
     def _array(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
-        flat = to_numeric_array(value, spec.datatype, where=where)
-        shape = list(np.shape(value))
-        if not _fits(shape, spec.shape[1:]):
-            raise InvalidInput(f"{where}: shape {shape} does not fit {spec.shape[1:]}")
-        return flat.reshape(shape)
+        array = numeric_array(value, spec.datatype, where=where)
+        if not _fits(array.shape, spec.shape[1:]):
+            raise InvalidInput(f"{where}: shape {list(array.shape)} does not fit {spec.shape[1:]}")
+        return array
 
     def instances_from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[Instance]:
         arrays = [tensors[spec.name] for spec in self.inputs]

@@ -1,0 +1,53 @@
+"""Findings of the hostile review (issue 18), each replayed: it failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.server.gunicorn_app import prepare_multiprocess_dir
+
+pytestmark = pytest.mark.integration
+
+ZEROS = [[0.0] * 8] * 8
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param([["7"] * 8] * 8, id="strings"),
+        pytest.param([[True] * 8] * 8, id="booleans"),
+        pytest.param([[0.0] * 8] * 7 + [[0.0] * 3], id="ragged"),
+    ],
+)
+async def test_digits_takes_numbers_only_as_pixels(
+    client: httpx.AsyncClient, instance: list[list[object]]
+) -> None:
+    r = await client.post("/v1/models/digits:predict", json={"instances": [instance]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("instance 0:")
+
+
+async def test_a_body_of_many_bad_parts_gets_a_bounded_422(client: httpx.AsyncClient) -> None:
+    # 40,000 inputs, each missing every field, and keys as long as a body allows.
+    body = {"inputs": [{"k" * 2000: 1} for _ in range(200)] + [{} for _ in range(40_000)]}
+    r = await client.post("/v2/models/digits/infer", json=body)
+    assert r.status_code == 422
+    problem = r.json()
+    assert problem["errors_total"] > 40_000
+    assert len(problem["errors"]) == 20
+    assert len(r.content) < 16_384, len(r.content)
+
+
+def test_the_metrics_dir_loses_only_stale_metrics_files(tmp_path: Path) -> None:
+    # PROMETHEUS_MULTIPROC_DIR=$HOME once emptied the home directory.
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "counter_1.db").write_bytes(b"x")
+    for stale in ("counter_123.db", "gauge_livesum_123.db", "histogram_77.db"):
+        (tmp_path / stale).write_bytes(b"x")
+    prepare_multiprocess_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]
+    assert (tmp_path / "project" / "counter_1.db").exists()
