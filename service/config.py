@@ -143,6 +143,35 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
     prediction_lookup: bool = False
     admin_token: SecretStr | None = None
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the admin token (a Docker or Kubernetes secret), so that"
+        " the token is not in the environment.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _admin_token_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("admin_token_file"):
+            return data
+        if data.get("admin_token"):
+            raise ValueError("ADMIN_TOKEN and ADMIN_TOKEN_FILE are both set")
+        try:
+            token = read_secret(Path(data["admin_token_file"]))
+        except OSError as e:
+            raise ValueError(f"ADMIN_TOKEN_FILE: {e.strerror}") from None
+        return {**data, "admin_token": token}
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short token falls to guessing; the admin routes load models and read payloads.
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
     @field_validator("model_version_policy")
     @classmethod
@@ -243,6 +272,7 @@ class Settings(BaseSettings):
 
 
 MAX_AUTO_WORKERS = 4
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 def _gpu_present() -> bool:

@@ -210,14 +210,15 @@ async def test_prediction_lookup(
     async with serve(make_settings(**base)) as http:
         await http.post(PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "look"})
         assert (await http.get("/v1/predictions/look")).status_code == 404  # off by default
-    settings = make_settings(**base, prediction_lookup=True, admin_token="s3cret-token")
+    token = "s3cret-token-s3cret-token-s3cret-token"
+    settings = make_settings(**base, prediction_lookup=True, admin_token=token)
     async with serve(settings) as http:
         assert await wait_for_rows(database_url, 1) == 1
         assert (await http.get("/v1/predictions/look")).status_code == 401
         wrong = await http.get("/v1/predictions/look", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert wrong.headers["www-authenticate"] == "Bearer"
-        auth = {"Authorization": "Bearer s3cret-token"}
+        auth = {"Authorization": f"Bearer {token}"}
         found = await http.get("/v1/predictions/look", headers=auth)
         assert found.status_code == 200
         assert found.json()["rows"][0]["model_name"] == "digits"

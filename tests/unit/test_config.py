@@ -138,21 +138,21 @@ def test_masked_hides_every_secret_value() -> None:
     settings = load_settings(
         redis_url="redis://:hunter2@cache:6379/0",
         database_url="postgresql://app:s3cret@db/app",
-        admin_token="let-me-in",
+        admin_token="let-me-in-let-me-in-let-me-in-now!",
     )
 
     shown = settings.masked()
 
     for name in ("redis_url", "database_url", "admin_token"):
         assert shown[name] == "********"
-    for secret in ("hunter2", "s3cret", "let-me-in"):
+    for secret in ("hunter2", "s3cret", "let-me-in-let-me-in-let-me-in-now!"):
         assert secret not in repr(shown)
     assert shown["port"] == 8000
     assert shown["device"] == "auto"
 
 
 def test_masked_hides_secrets_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ADMIN_TOKEN", "from-the-env")
+    monkeypatch.setenv("ADMIN_TOKEN", "from-the-env-from-the-env-from-the-env")
 
     shown = load_settings().masked()
 
@@ -273,3 +273,22 @@ def test_a_redis_password_given_twice_stops_startup(tmp_path: Path) -> None:
         load_settings(redis_url="redis://:inline@redis:6379/0", redis_password_file=secret)
     with pytest.raises(ConfigError, match=r"REDIS_PASSWORD_FILE: .*not a readable file"):
         load_settings(redis_password_file=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("token", ["x", "short-but-not-32-characters"])
+def test_a_short_admin_token_stops_startup(token: str) -> None:
+    # One-character tokens were accepted once (issue 18, finding 9).
+    with pytest.raises(ConfigError, match=r"ADMIN_TOKEN: .*at least 32 characters"):
+        load_settings(_env_file=None, admin_token=token)
+
+
+def test_the_admin_token_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "admin_token"
+    secret.write_text("a" * 40 + "\n")
+    settings = load_settings(_env_file=None, admin_token_file=secret)
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "a" * 40
+    with pytest.raises(ConfigError, match="both set"):
+        load_settings(_env_file=None, admin_token_file=secret, admin_token="b" * 40)
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN_FILE"):
+        load_settings(_env_file=None, admin_token_file=tmp_path / "missing")
