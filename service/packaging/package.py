@@ -19,7 +19,7 @@ import torch
 
 from service.packaging import agreement as agreements
 from service.packaging.errors import PackagingError
-from service.packaging.specs import as_tuple, exported_specs, named_specs
+from service.packaging.specs import as_tuple, exported_specs, named_specs, renamed
 from service.packaging.writer import copy_files, next_version, staged_version, write_manifest
 from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import DTYPES, PrecisionChoice
@@ -92,9 +92,8 @@ def package_module(
             f"the module does not export with torch.export: {_first_line(e)}"
         ) from e
     inputs, outputs = exported_specs(program)
-    if request.input_names is not None:
-        inputs = _renamed(inputs, request.input_names, kind="input")
-    outputs = _renamed(outputs, request.output_names, kind="output")
+    inputs = renamed(inputs, request.input_names, kind="input")
+    outputs = renamed(outputs, request.output_names, kind="output")
     return _package(
         request,
         "torch.export",
@@ -117,8 +116,8 @@ def package_exported(archive: Path, request: PackageRequest, example: Tensors | 
         example = tuple(args)
     reference = _run(program.module(), example, what=archive.name)
     inputs, outputs = exported_specs(program)
-    inputs = _renamed(inputs, request.input_names, kind="input")
-    outputs = _renamed(outputs, request.output_names, kind="output")
+    inputs = renamed(inputs, request.input_names, kind="input")
+    outputs = renamed(outputs, request.output_names, kind="output")
     return _package(
         request,
         "torch.export",
@@ -340,14 +339,6 @@ def max_abs_diff(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor
         if want.numel():
             worst = max(worst, float((want.double() - got.double()).abs().max()))
     return worst
-
-
-def _renamed(specs: list[TensorSpec], names: list[str] | None, *, kind: str) -> list[TensorSpec]:
-    if names is None:
-        return specs
-    if len(names) != len(specs):
-        raise PackagingError(f"{len(names)} {kind} names given for {len(specs)} {kind}s")
-    return [spec.model_copy(update={"name": n}) for spec, n in zip(specs, names, strict=True)]
 
 
 def _at_least_two(tensor: torch.Tensor) -> torch.Tensor:

@@ -35,15 +35,28 @@ def spec_of(name: str, value: Any, *, where: str) -> TensorSpec:
 def named_specs(
     values: Sequence[Any], names: Sequence[str] | None, *, kind: str
 ) -> list[TensorSpec]:
-    if names is not None and len(names) != len(values):
-        raise PackagingError(f"{len(names)} {kind} names given for {len(values)} {kind}s")
-    chosen = list(names) if names is not None else default_names(kind, len(values))
-    if len(set(chosen)) != len(chosen):
-        raise PackagingError(f"{kind} names must differ: {chosen}")
+    chosen = _checked_names(names, len(values), kind=kind)
     return [
         spec_of(name, value, where=f"{kind} {name!r}")
         for name, value in zip(chosen, values, strict=True)
     ]
+
+
+def renamed(specs: list[TensorSpec], names: Sequence[str] | None, *, kind: str) -> list[TensorSpec]:
+    """`specs` under the given names (`--input-name`, `--output-name`), or as they are."""
+    if names is None:
+        return specs
+    chosen = _checked_names(names, len(specs), kind=kind)
+    return [spec.model_copy(update={"name": n}) for spec, n in zip(specs, chosen, strict=True)]
+
+
+def _checked_names(names: Sequence[str] | None, count: int, *, kind: str) -> list[str]:
+    if names is not None and len(names) != count:
+        raise PackagingError(f"{len(names)} {kind} names given for {count} {kind}s")
+    chosen = list(names) if names is not None else default_names(kind, count)
+    if len(set(chosen)) != len(chosen):
+        raise PackagingError(f"{kind} names must differ: {chosen}")
+    return chosen
 
 
 def default_names(kind: str, count: int) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ class ModelController:
             raise ModelNotFound(f"model {name!r} is not loaded")
         await self._change(shared, lambda models: models - {name})
 
-    async def _change(self, shared: SharedModelControl, change: Any) -> dict[str, str]:
+    async def _change(
+        self, shared: SharedModelControl, change: Callable[[set[str]], set[str]]
+    ) -> dict[str, str]:
         state = shared.update(change)
         await self.apply()  # this worker at once; the others within EXPLICIT_CHECK_S
         try:

@@ -120,9 +120,10 @@ class ModelRegistry:
         retired: list[VersionState] = []
         for version, ref in sorted(wanted.items()):
             current = entry.versions.get(version)
-            if current is not None and current.manifest_digest == _manifest_digest(ref):
+            digest = _manifest_digest(ref)
+            if current is not None and current.manifest_digest == digest:
                 continue
-            state = await self._load_version(ref)
+            state = await self._load_version(ref, digest)
             if state.model is not None:
                 state.model.batcher.start()
             if current is not None:
@@ -138,8 +139,8 @@ class ModelRegistry:
         text = self._settings.overrides_for(name).version_policy
         return VersionPolicy.parse(text or self._settings.model_version_policy)
 
-    async def _load_version(self, ref: VersionRef) -> VersionState:
-        state = VersionState(ref.name, ref.version, manifest_digest=_manifest_digest(ref))
+    async def _load_version(self, ref: VersionRef, digest: str | None) -> VersionState:
+        state = VersionState(ref.name, ref.version, manifest_digest=digest)
         try:
             # Hashing a large artifact takes a while: off the event loop, which keeps serving
             # the versions already loaded, and off the torch thread, which keeps computing.
