@@ -23,7 +23,7 @@ from service.lifecycle import Lifecycle
 from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.runtime.device import cpu_bf16_flags, resolve_device
-from service.runtime.executor import TorchThread
+from service.runtime.executor import DecodeThreads, TorchThread
 from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
 from service.storage import migrate
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tempfile.mkdtemp(prefix="torchdock-control-")
         )
         model_control = ModelController(settings, registry, control_dir)
+        decode_threads = DecodeThreads(threads=settings.decode_threads)
         app.state.torchdock = AppState(
             settings=settings,
             registry=registry,
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=cache,
             prediction_log=prediction_log,
             model_control=model_control,
+            decode_threads=decode_threads,
         )
         lifecycle.install_sigterm_hook(asyncio.get_running_loop())
         await prediction_log.start()
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await prediction_log.stop()
                 await cache.close()
                 torch_thread.shutdown()
+                decode_threads.shutdown()
                 if own_control_dir:
                     shutil.rmtree(control_dir, ignore_errors=True)
                 lifecycle.uninstall()

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
         default=None, description="gunicorn workers; unset means effective_workers()"
     )
     torch_threads: Annotated[int, Field(ge=1)] | None = None
+    # Image decoding, off the event loop; one thread leaves the other cores to torch.
+    decode_threads: Annotated[int, Field(ge=1, le=64)] = 1
     worker_timeout_s: Annotated[int, Field(ge=1)] = 120
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
     keepalive_s: Annotated[int, Field(ge=1)] = 5

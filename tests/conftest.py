@@ -19,6 +19,7 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app
 from service.config import Settings
 from service.packaging.build import build_models
+from tests.e2e.server import ServerProcess
 
 SettingsFactory = Callable[..., Settings]
 
@@ -117,3 +118,32 @@ def database_url(postgres_admin_url: str) -> Iterator[str]:
     yield url
     with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+# The real server ----------------------------------------------------------------------------
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(model_repo: Path, tmp_path: Path) -> Iterator[StartServer]:
+    """`torchdock serve` (gunicorn and its uvicorn workers) as a process, until the test ends."""
+    started: list[ServerProcess] = []
+
+    def start(workers: int = 2, **env: str) -> ServerProcess:
+        base = {
+            "MODEL_REPOSITORY": str(model_repo),
+            "DEVICE": "cpu",
+            "LOG_FORMAT": "json",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{len(started)}"),
+        }
+        server = ServerProcess(
+            env={**base, **env}, workers=workers, log_path=tmp_path / f"server-{len(started)}.log"
+        )
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.lifecycle import Lifecycle
+from service.runtime.executor import DecodeThreads
 from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
 from service.runtime.singleflight import SingleFlight
@@ -25,6 +26,7 @@ class AppState:
     prediction_log: PredictionLog = field(default_factory=NullLog)
     single_flight: SingleFlight[Any, Any] = field(default_factory=SingleFlight)
     model_control: ModelController = field(kw_only=True)
+    decode_threads: DecodeThreads = field(kw_only=True)
 
 
 async def _state(request: Request) -> AppState:

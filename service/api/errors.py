@@ -23,6 +23,7 @@ _RUNTIME: dict[type[rt.RuntimeProblem], tuple[int, str, str]] = {
     rt.ModelNotReady: (503, "model-not-ready", "Model not ready"),
     rt.TooManyInstances: (422, "too-many-instances", "Too many instances"),
     rt.InvalidInput: (422, "invalid-input", "Invalid input"),
+    rt.RequestTooCostly: (413, "request-too-costly", "Request over budget"),
     rt.QueueFull: (429, "queue-full", "Too many requests"),
     rt.DeadlineExceeded: (504, "deadline-exceeded", "Deadline exceeded"),
     rt.ShuttingDown: (503, "shutting-down", "Shutting down"),

@@ -23,6 +23,10 @@ class TooManyInstances(InvalidInput):
     pass
 
 
+class RequestTooCostly(RuntimeProblem):
+    """Valid, but more work than the model's per-request budget allows (pixels, tokens)."""
+
+
 class QueueFull(RuntimeProblem):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)

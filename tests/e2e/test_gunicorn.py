@@ -8,43 +8,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from tests.conftest import StartServer
 from tests.digits_data import held_out
 from tests.e2e.server import ServerProcess
 from tests.prom import sample_value
 
 pytestmark = pytest.mark.e2e
-
-StartServer = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def start_server(model_repo: Path, tmp_path: Path) -> Iterator[StartServer]:
-    started: list[ServerProcess] = []
-
-    def start(workers: int = 2, **env: str) -> ServerProcess:
-        base = {
-            "MODEL_REPOSITORY": str(model_repo),
-            "DEVICE": "cpu",
-            "LOG_FORMAT": "json",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{len(started)}"),
-        }
-        server = ServerProcess(
-            env={**base, **env}, workers=workers, log_path=tmp_path / f"server-{len(started)}.log"
-        )
-        started.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def test_serves_predictions_and_aggregates_metrics(start_server: StartServer) -> None:

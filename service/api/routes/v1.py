@@ -8,7 +8,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import State
-from service.api.inference import PredictionRecord, json_response, predict, resolve_model
+from service.api.inference import (
+    PredictionRecord,
+    items_from_json,
+    json_response,
+    predict,
+    resolve_model,
+)
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import PredictRequest
 
@@ -52,7 +58,7 @@ async def _predict(
         model = record.use(resolve_model(state, name, version))
         rows = body.rows([spec.name for spec in model.manifest.inputs])
         record.instances = len(rows)
-        items = model.handler.instances_from_json(rows)
+        items = await items_from_json(state, model, rows)
         outcome = record.outcome = await predict(state, request, model, items, record.started)
         record.response = json_response(
             {

@@ -11,6 +11,7 @@ from service import __version__
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
+    check_instance_count,
     json_response,
     parse_version,
     predict,
@@ -98,8 +99,9 @@ async def _infer(
         model = record.use(resolve_model(state, name, version))
         manifest = model.manifest
         tensors = decode_inputs(body.inputs, manifest.inputs)
+        record.instances = len(next(iter(tensors.values())))
+        check_instance_count(model, record.instances)
         items = model.handler.instances_from_tensors(tensors)
-        record.instances = len(items)
         requested = [o.name for o in body.outputs] if body.outputs is not None else None
         # Checked before compute, so that a bad `outputs` list costs no forward pass.
         selected = select_outputs(manifest.outputs, requested)

@@ -1,7 +1,8 @@
 """The per-task contract. Adding a model means one handler and one manifest, nothing else.
 
-Decoding and encoding (`*_from_*`, `*_to_*`) run on the event loop and must be cheap;
-`preprocess` and `postprocess` run on the torch thread, around the forward pass.
+Decoding and encoding (`*_from_*`, `*_to_*`) run on the event loop and must be cheap, unless
+the handler sets `blocking_decode` (image decoding): its `instances_from_json` then runs on a
+decode thread. `preprocess` and `postprocess` run on the torch thread, around the forward pass.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ class Prepared:
 
 
 class ModelHandler(ABC, Generic[Item, Pred]):
+    blocking_decode: ClassVar[bool] = False
+
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         self.manifest = manifest
         self.directory = directory

@@ -14,12 +14,14 @@ from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import b64_of, decode_image
+from service.runtime.handlers.images import ImageBudget, b64_of, decode_image, encoded_images
 from service.runtime.manifest import Manifest
 
 
 class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
     """Items are float32 arrays of shape (size, size) with values in [0, max_value]."""
+
+    blocking_decode = True
 
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         super().__init__(manifest, directory)
@@ -27,8 +29,10 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
         self.size = int(pre["image_size"])
         self.max_value = float(pre["max_value"])
         self.input_name = manifest.inputs[0].name
+        self.budget = ImageBudget.from_preprocessing(pre)
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
+        self.budget.check(encoded_images(instances))
         return [self._decode_instance(i, instance) for i, instance in enumerate(instances)]
 
     def _decode_instance(self, index: int, instance: Any) -> np.ndarray:
@@ -55,7 +59,7 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
 
     def image_to_pixels(self, encoded: str, *, index: int) -> np.ndarray:
         """A PNG or JPEG, base64-encoded, to the model's grid: grayscale, resized, ink bright."""
-        image = decode_image(encoded, index=index, mode="L")
+        image = decode_image(encoded, index=index, mode="L", max_pixels=self.budget.max_pixels)
         gray = image.resize((self.size, self.size), Image.Resampling.BOX)
         pixels = np.asarray(gray, dtype=np.float32)
         # The training data is bright ink on a dark ground; most images are the reverse.

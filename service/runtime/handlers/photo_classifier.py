@@ -19,7 +19,7 @@ from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput, ModelLoadError
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import MAX_PIXELS, b64_of, decode_image
+from service.runtime.handlers.images import ImageBudget, b64_of, decode_image, encoded_images
 from service.runtime.manifest import Manifest
 
 # Normalised pixels of a real photo lie within a few units of 0; these bounds only refuse
@@ -28,6 +28,8 @@ _MAX_ABS_VALUE = 1e3
 
 
 class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
+    blocking_decode = True
+
     def __init__(self, manifest: Manifest, directory: Path) -> None:
         super().__init__(manifest, directory)
         pre = manifest.preprocessing
@@ -38,11 +40,12 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
             self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"preprocessing needs resize, crop, mean and std: {e}") from e
-        self.max_pixels = int(pre.get("max_pixels", MAX_PIXELS))
+        self.budget = ImageBudget.from_preprocessing(pre)
         self.input_name = manifest.inputs[0].name
         self.shape = (3, self.crop, self.crop)
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
+        self.budget.check(encoded_images(instances))
         return [self._instance(i, instance) for i, instance in enumerate(instances)]
 
     def _instance(self, index: int, instance: Any) -> np.ndarray:
@@ -67,7 +70,7 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
             encoded,
             index=index,
             mode="RGB",
-            max_pixels=self.max_pixels,
+            max_pixels=self.budget.max_pixels,
             draft_size=(self.resize, self.resize),
         )
         scale = self.resize / min(image.size)
