@@ -6,10 +6,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -28,6 +28,7 @@ from service.storage.cache import cache_key
 from service.storage.prediction_log import PredictionRow
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+Payload = TypeVar("Payload")
 
 
 def parse_version(version: str | None, *, model: str) -> int | None:
@@ -84,12 +85,13 @@ def check_instance_count(model: LoadedModel, count: int) -> None:
         )
 
 
-async def items_from_json(state: AppState, model: LoadedModel, rows: list[Any]) -> list[Any]:
-    check_instance_count(model, len(rows))
-    handler = model.handler
-    if handler.blocking_decode:
-        return await state.decode_threads.run(handler.instances_from_json, rows)
-    return handler.instances_from_json(rows)
+async def decoded(
+    state: AppState, model: LoadedModel, decode: Callable[[Payload], list[Any]], payload: Payload
+) -> list[Any]:
+    """Items from a request's instances, on a decode thread where the handler's are costly."""
+    if model.handler.blocking_decode:
+        return await state.decode_threads.run(decode, payload)
+    return decode(payload)
 
 
 async def predict(

@@ -2,7 +2,11 @@
 
 Requests queue per model version. A batch closes when it holds `max_batch_size` instances or
 when its oldest request has waited `max_delay_s`, whichever comes first. Each batch is one call
-of `run_batch` on the torch thread; while it runs, the next batch fills.
+of `run_batch`; while it runs, the next batch fills.
+
+A batch that takes several forward passes (long texts) calls `overlap()` after its first: the
+next batch may then start beside it, and the torch thread, first in first out, interleaves
+their passes. A small request behind a huge one waits for one pass, not for all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ ADMISSION_MARGIN = 0.5
 # long: clients that leave are ones kept waiting, and the question (a receive under a
 # cancelled scope) took 6.5% of the event loop's time when every request was asked.
 ABANDONED_CHECK_AFTER_S = 0.1
+# Batches of one model in progress at once, at most: past a few, each long batch only takes
+# longer, and the estimates that admission control makes grow less true.
+MAX_OVERLAPPING_BATCHES = 4
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -93,7 +100,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._closing = False
         self._recent_batch_s = 0.01
         self._batches_seen = 0
-        self._computing = 0  # 1 while a batch runs
+        self._running: set[asyncio.Task[None]] = set()
+        self._overlap = asyncio.Event()  # set by the newest batch when the next may start
 
     def calibrate(self, batch_s: float) -> None:
         """Seed the batch-time estimate, e.g. with the warm-up's full batch: otherwise the first
@@ -109,6 +117,12 @@ class DynamicBatcher(Generic[In, Out]):
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        await asyncio.gather(*self._running)
+
+    def overlap(self) -> None:
+        """Called by `run_batch` during a batch that has more passes to go: the next batch may
+        start now, beside it."""
+        self._overlap.set()
 
     async def submit(
         self,
@@ -178,7 +192,7 @@ class DynamicBatcher(Generic[In, Out]):
             batches = math.ceil((self._queued_items + items) / self.max_batch_size)
         else:
             batches = len(self._queue) + 1
-        return (batches + self._computing) * self._recent_batch_s
+        return (batches + len(self._running)) * self._recent_batch_s
 
     def _retry_after_s(self) -> int:
         return max(1, round(self._expected_wait_s(0) + 0.5))
@@ -196,7 +210,19 @@ class DynamicBatcher(Generic[In, Out]):
             batch = self._take_batch()
             live = await self._drop_dead(batch)
             if live:
-                await self._compute(live)
+                await self._start(live)
+
+    async def _start(self, batch: list[_Pending[In, Out]]) -> None:
+        """Start computing `batch`; return when the next batch may start."""
+        self._overlap = asyncio.Event()
+        task = asyncio.create_task(self._compute(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        overlapped = asyncio.create_task(self._overlap.wait())
+        await asyncio.wait({task, overlapped}, return_when=asyncio.FIRST_COMPLETED)
+        overlapped.cancel()
+        while len(self._running) >= MAX_OVERLAPPING_BATCHES:
+            await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
 
     async def _fill(self) -> None:
         close_at = self._queue[0].enqueued_at + self.max_delay_s
@@ -253,7 +279,6 @@ class DynamicBatcher(Generic[In, Out]):
         self._observer.dispatched(
             batch_size=len(items), queue_waits=[started - p.enqueued_at for p in batch]
         )
-        self._computing = 1
         try:
             outputs = await self._run_batch(items)
             if len(outputs) != len(items):
@@ -267,7 +292,6 @@ class DynamicBatcher(Generic[In, Out]):
                     pending.future.set_exception(failure)
             return
         finally:
-            self._computing = 0
             elapsed = time.monotonic() - started
             # A moving average that trusts the first real batches more than the seed.
             self._batches_seen += 1

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from service.runtime.device import DTYPES, PrecisionChoice
 from service.runtime.errors import ModelLoadError
 from service.runtime.executor import TorchThread
 from service.runtime.handlers import handler_for
-from service.runtime.handlers.base import ModelHandler
+from service.runtime.handlers.base import ModelHandler, Prepared
 from service.runtime.manifest import Manifest
 
 logger = logging.getLogger(__name__)
+
+Pass = tuple[list[int], Prepared]  # the batch positions of a forward pass, and its inputs
 
 
 @dataclass(frozen=True)
@@ -124,21 +126,49 @@ class LoadedModel:
         return True
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
-        return await self._torch_thread.run(self.forward, items)
+        """One batch, one torch-thread job per pass: whatever was queued for the torch thread
+        meanwhile (other models, other batches of this one) runs between two passes."""
+        predictions: list[Any] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+
+        def overlap() -> None:
+            # From the torch thread, before the first pass: the next batch's job then queues
+            # ahead of this batch's second pass.
+            loop.call_soon_threadsafe(self.batcher.overlap)
+
+        passes = await self._torch_thread.run(self._first_pass, items, predictions, overlap)
+        for positions, prepared in passes:
+            await self._torch_thread.run(self._forward_pass, positions, prepared, predictions)
+        return predictions
+
+    def _first_pass(
+        self, items: list[Any], predictions: list[Any], overlap: Callable[[], None]
+    ) -> list[Pass]:
+        """Preprocess the batch and run its first pass (usually its only one); the rest."""
+        first, *rest = self.handler.preprocess_in_passes(items)
+        if rest:
+            overlap()
+        self._forward_pass(*first, predictions)
+        return rest
 
     def forward(self, items: list[Any]) -> list[Any]:
         """Preprocess, forward and postprocess one batch. Call only on the torch thread."""
         predictions: list[Any] = [None] * len(items)
-        with torch.inference_mode():
-            for positions, prepared in self.handler.preprocess_in_passes(items):
-                on_device = tuple(self._to_device(t) for t in prepared.inputs)
-                outputs = self._module(*on_device)
-                # Reading the result is the one synchronisation point with the device.
-                host = to_host(outputs)
-                done = self.handler.postprocess(host, prepared)
-                for position, prediction in zip(positions, done, strict=True):
-                    predictions[position] = prediction
+        for positions, prepared in self.handler.preprocess_in_passes(items):
+            self._forward_pass(positions, prepared, predictions)
         return predictions
+
+    def _forward_pass(
+        self, positions: list[int], prepared: Prepared, predictions: list[Any]
+    ) -> None:
+        with torch.inference_mode():
+            on_device = tuple(self._to_device(t) for t in prepared.inputs)
+            outputs = self._module(*on_device)
+            # Reading the result is the one synchronisation point with the device.
+            host = to_host(outputs)
+            done = self.handler.postprocess(host, prepared)
+        for position, prediction in zip(positions, done, strict=True):
+            predictions[position] = prediction
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self._dtype if tensor.is_floating_point() else tensor.dtype

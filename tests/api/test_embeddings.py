@@ -69,3 +69,21 @@ async def test_v2_non_string_bytes_refused(client: httpx.AsyncClient) -> None:
     r = await client.post("/v2/models/minilm/infer", json=empty)
     assert r.status_code == 422
     assert "empty" in r.json()["detail"]
+
+
+async def test_a_request_over_the_token_budget_is_413_on_both_protocols(
+    client: httpx.AsyncClient,
+) -> None:
+    # 33 texts of 300 words: over 32 x 256 tokens, while each is far under the character limit.
+    texts = [f"{i} " + "word " * 300 for i in range(33)]
+    v2 = {"inputs": [{"name": "text", "shape": [33], "datatype": "BYTES", "data": texts}]}
+    for path, body in (
+        ("/v1/models/minilm:predict", {"instances": texts}),
+        ("/v2/models/minilm/infer", v2),
+    ):
+        r = await client.post(path, json=body)
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "8448 tokens, more than this model's budget of 8192" in r.json()["detail"]
+    fits = await client.post("/v1/models/minilm:predict", json={"instances": texts[:32]})
+    assert fits.status_code == 200

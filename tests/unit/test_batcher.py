@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.runtime.batcher import DynamicBatcher
+from service.runtime.batcher import MAX_OVERLAPPING_BATCHES, DynamicBatcher
 from service.runtime.errors import (
     ClientDisconnected,
     DeadlineExceeded,
@@ -476,3 +476,56 @@ async def test_stop_finishes_queued_work_then_refuses_new_requests(
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(batcher.submit(["late"], deadline=later()), STEP_TIMEOUT_S)
     assert model.batches == [["a", "b1", "b2", "c"]]
+
+
+async def test_a_batch_that_overlaps_lets_the_next_one_start_beside_it(
+    make_batcher: BatcherFactory,
+) -> None:
+    started: list[str] = []
+    release = asyncio.Event()
+    batcher: DynamicBatcher[str, str]
+
+    async def passes(items: list[str]) -> list[str]:
+        started.append(items[0])
+        if items[0] == "long":
+            batcher.overlap()  # more passes to come: the next batch need not wait for them
+            await release.wait()
+        return [f"out-{item}" for item in items]
+
+    batcher = make_batcher(run_batch=passes, max_batch_size=1)
+    long = asyncio.create_task(batcher.submit(["long"], deadline=later()))
+    await asyncio.sleep(0.01)
+    short = await asyncio.wait_for(batcher.submit(["short"], deadline=later()), STEP_TIMEOUT_S)
+
+    assert short == ["out-short"] and not long.done()
+    release.set()
+    assert await asyncio.wait_for(long, STEP_TIMEOUT_S) == ["out-long"]
+    assert started == ["long", "short"]
+
+
+async def test_overlapping_batches_are_bounded(make_batcher: BatcherFactory) -> None:
+    running = 0
+    most = 0
+    release = asyncio.Event()
+    batcher: DynamicBatcher[str, str]
+
+    async def passes(items: list[str]) -> list[str]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        batcher.overlap()
+        await release.wait()
+        running -= 1
+        return [f"out-{item}" for item in items]
+
+    batcher = make_batcher(run_batch=passes, max_batch_size=1)
+    calls = [
+        asyncio.create_task(batcher.submit([f"r{i}"], deadline=later()))
+        for i in range(MAX_OVERLAPPING_BATCHES + 3)
+    ]
+    await asyncio.sleep(0.05)
+    assert running == MAX_OVERLAPPING_BATCHES
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*calls), STEP_TIMEOUT_S)
+    assert results == [[f"out-r{i}"] for i in range(MAX_OVERLAPPING_BATCHES + 3)]
+    assert most == MAX_OVERLAPPING_BATCHES

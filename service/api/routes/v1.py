@@ -10,7 +10,8 @@ from starlette.responses import Response
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
-    items_from_json,
+    check_instance_count,
+    decoded,
     json_response,
     predict,
     resolve_model,
@@ -58,7 +59,8 @@ async def _predict(
         model = record.use(resolve_model(state, name, version))
         rows = body.rows([spec.name for spec in model.manifest.inputs])
         record.instances = len(rows)
-        items = await items_from_json(state, model, rows)
+        check_instance_count(model, len(rows))
+        items = await decoded(state, model, model.handler.instances_from_json, rows)
         outcome = record.outcome = await predict(state, request, model, items, record.started)
         record.response = json_response(
             {

@@ -12,6 +12,7 @@ from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
     check_instance_count,
+    decoded,
     json_response,
     parse_version,
     predict,
@@ -101,7 +102,7 @@ async def _infer(
         tensors = decode_inputs(body.inputs, manifest.inputs)
         record.instances = len(next(iter(tensors.values())))
         check_instance_count(model, record.instances)
-        items = model.handler.instances_from_tensors(tensors)
+        items = await decoded(state, model, model.handler.instances_from_tensors, tensors)
         requested = [o.name for o in body.outputs] if body.outputs is not None else None
         # Checked before compute, so that a bad `outputs` list costs no forward pass.
         selected = select_outputs(manifest.outputs, requested)

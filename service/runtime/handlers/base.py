@@ -1,7 +1,7 @@
 """The per-task contract. Adding a model means one handler and one manifest, nothing else.
 
 Decoding and encoding (`*_from_*`, `*_to_*`) run on the event loop and must be cheap, unless
-the handler sets `blocking_decode` (image decoding): its `instances_from_json` then runs on a
+the handler sets `blocking_decode` (images, token counts): its `instances_from_*` then run on a
 decode thread. `preprocess` and `postprocess` run on the torch thread, around the forward pass.
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from service.runtime.errors import InvalidInput
+from service.runtime.errors import InvalidInput, RequestTooCostly
 from service.runtime.handlers.base import ModelHandler, Prepared
 
 # The most padded tokens (texts x longest text) in one forward pass: 64 sentences of 32 tokens,
@@ -22,6 +22,9 @@ from service.runtime.handlers.base import ModelHandler, Prepared
 # sizes (measured on one core: 1,850-2,900 tokens/s from 16x32 to 16x256), so cutting a batch
 # costs little; padding is what costs.
 TOKENS_PER_PASS = 2048
+# The most tokens one request may hold after truncation, unless its manifest says otherwise:
+# 32 texts at the 256-token limit, four passes. Characters alone do not bound the cost.
+MAX_REQUEST_TOKENS = 4 * TOKENS_PER_PASS
 
 
 class TextInputs:
@@ -31,6 +34,7 @@ class TextInputs:
         pre = handler.manifest.preprocessing
         self.max_tokens = int(pre["max_tokens"])
         self.max_chars = int(pre["max_chars"])
+        self.max_request_tokens = int(pre.get("max_request_tokens", MAX_REQUEST_TOKENS))
         self.input_name = handler.manifest.inputs[0].name
         # Tokenisation runs on the torch thread; a rayon pool beside torch's threads would
         # oversubscribe the cores.
@@ -49,11 +53,26 @@ class TextInputs:
         return text
 
     def from_json(self, instances: Sequence[Any]) -> list[str]:
-        return [self.check(text, f"instance {i}") for i, text in enumerate(instances)]
+        texts = [self.check(text, f"instance {i}") for i, text in enumerate(instances)]
+        return self.within_budget(texts)
 
     def from_tensors(self, tensors: Mapping[str, np.ndarray]) -> list[str]:
         texts = tensors[self.input_name].reshape(-1)
-        return [self.check(t, f"input {self.input_name!r}[{i}]") for i, t in enumerate(texts)]
+        checked = [self.check(t, f"input {self.input_name!r}[{i}]") for i, t in enumerate(texts)]
+        return self.within_budget(checked)
+
+    def within_budget(self, texts: list[str]) -> list[str]:
+        """The texts, unless they come to more than `max_request_tokens` once truncated.
+        Counting means tokenising (a decode thread's work), so only when the texts could."""
+        if len(texts) * self.max_tokens <= self.max_request_tokens:
+            return texts
+        tokens = sum(sum(e.attention_mask) for e in self.tokenizer.encode_batch(texts))
+        if tokens > self.max_request_tokens:
+            raise RequestTooCostly(
+                f"the request's texts come to {tokens} tokens, more than this model's budget of"
+                f" {self.max_request_tokens} per request"
+            )
+        return texts
 
     def preprocess(self, items: list[str]) -> Prepared:
         encodings = self.tokenizer.encode_batch(items)
@@ -93,6 +112,8 @@ class TextItems:
     before the base class of its output side: `class H(TextItems, ClassifierHandler[str])`."""
 
     text: TextInputs
+    # Counting a request's tokens can take a quarter of a second: not on the event loop.
+    blocking_decode = True
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[str]:
         return self.text.from_json(instances)
