@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +26,7 @@ from service.runtime.errors import ModelNotFound, RuntimeProblem, TooManyInstanc
 from service.runtime.model import LoadedModel
 from service.runtime.repository import version_number
 from service.storage.cache import cache_key
-from service.storage.prediction_log import PredictionRow
+from service.storage.prediction_log import PREDICTION_ID_STATE, PredictionRow
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 Payload = TypeVar("Payload")
@@ -193,6 +194,11 @@ class PredictionRecord:
         self.response: Response | None = None
         self.request_body: bytes | None = None
         self.instances = 0
+        self.prediction_id = uuid.uuid4()
+        if state.prediction_log.enabled:
+            # The middleware answers with it: the client's handle on its own row, since the
+            # request id is the client's to choose, and two may choose the same.
+            request.scope.setdefault("state", {})[PREDICTION_ID_STATE] = self.prediction_id
 
     def __enter__(self) -> PredictionRecord:
         return self
@@ -268,6 +274,7 @@ class PredictionRecord:
             payload_cap_bytes=cap,
             replica_id=settings.replica_id,
             error_type=error_type,
+            prediction_id=self.prediction_id,
         )
 
 

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from service.observability import metrics
 from service.observability.logging import request_id_var
+from service.storage.prediction_log import PREDICTION_ID_STATE
 
 logger = logging.getLogger("torchdock.access")
 
@@ -62,6 +63,9 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", encoded_id))
                 headers.append((b"x-replica-id", self.replica_header))
+                prediction_id = scope.get("state", {}).get(PREDICTION_ID_STATE)
+                if prediction_id is not None:
+                    headers.append((b"x-prediction-id", str(prediction_id).encode()))
                 if _draining(scope):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}

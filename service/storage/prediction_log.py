@@ -14,8 +14,9 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ from service.storage.spool import Spool, read_lines
 logger = logging.getLogger(__name__)
 
 _PREPARE_TIMEOUT_S = 300.0
+# Where a request's prediction id waits in the ASGI scope's state, for the X-Prediction-ID header.
+PREDICTION_ID_STATE = "torchdock_prediction_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class PredictionRow:
     payload_cap_bytes: int
     replica_id: str | None
     error_type: str | None
+    # The row's own key; spool lines of earlier releases have none, and get one on replay.
+    prediction_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -68,6 +73,8 @@ class PredictionRow:
         for name in ("input_payload", "output_payload"):
             if data[name] is not None:
                 data[name] = base64.b64decode(data[name])
+        if "prediction_id" in data:
+            data["prediction_id"] = uuid.UUID(data["prediction_id"])
         return cls(**data)
 
     def values(self) -> tuple[Any, ...]:
@@ -78,7 +85,7 @@ COLUMNS = tuple(f.name for f in fields(PredictionRow))
 INSERT_SQL = (
     f"INSERT INTO predictions ({', '.join(COLUMNS)})"
     f" VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-    " ON CONFLICT (request_id, created_at) DO NOTHING"
+    " ON CONFLICT DO NOTHING"
 )
 COPY_SQL = f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN"
 
@@ -89,6 +96,8 @@ class PredictionLog(Protocol):
     def record(self, row: PredictionRow) -> None: ...
 
     async def fetch(self, request_id: str) -> list[dict[str, Any]]: ...
+
+    async def fetch_one(self, prediction_id: uuid.UUID) -> dict[str, Any] | None: ...
 
     async def start(self) -> None: ...
 
@@ -103,6 +112,9 @@ class NullLog:
 
     async def fetch(self, request_id: str) -> list[dict[str, Any]]:
         return []
+
+    async def fetch_one(self, prediction_id: uuid.UUID) -> dict[str, Any] | None:
+        return None
 
     async def start(self) -> None:
         return None
@@ -335,6 +347,13 @@ class PostgresLog:
                 (request_id,),
             )
             return await cursor.fetchall()
+
+    async def fetch_one(self, prediction_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                "SELECT * FROM predictions WHERE prediction_id = %s", (prediction_id,)
+            )
+            return await cursor.fetchone()
 
     async def _replay(self, path: Path) -> bool:
         rows = []

@@ -176,7 +176,7 @@ def test_migrations_upgrade_empty_and_previous(database_url: str) -> None:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'predictions'",
         )
     }
-    assert {"request_id", "created_at", "replica_id", "error_type"} <= columns
+    assert {"request_id", "created_at", "replica_id", "error_type", "prediction_id"} <= columns
 
 
 def test_db_commands(database_url: str) -> None:
@@ -188,7 +188,7 @@ def test_db_commands(database_url: str) -> None:
             [torchdock, *args], env=env, capture_output=True, text=True, check=True
         ).stdout
 
-    assert "schema at version 2" in run("db", "upgrade")
+    assert "schema at version 3" in run("db", "upgrade")
     with psycopg.connect(database_url) as conn:
         for i, age in enumerate(("40 days", "1 hour", "2 hours")):
             conn.execute(
@@ -208,21 +208,32 @@ async def test_prediction_lookup(
 ) -> None:
     base = {"database_url": database_url, "spool_dir": tmp_path / "spool"}
     async with serve(make_settings(**base)) as http:
-        await http.post(PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "look"})
-        assert (await http.get("/v1/predictions/look")).status_code == 404  # off by default
+        sent = await http.post(
+            PREDICT, json={"instances": [ZEROS]}, headers={"X-Request-ID": "look"}
+        )
+        prediction_id = sent.headers["x-prediction-id"]
+        by_id = f"/v1/predictions/{prediction_id}"
+        assert (await http.get(by_id)).status_code == 404  # off by default
     token = "s3cret-token-s3cret-token-s3cret-token"
     settings = make_settings(**base, prediction_lookup=True, admin_token=token)
     async with serve(settings) as http:
         assert await wait_for_rows(database_url, 1) == 1
-        assert (await http.get("/v1/predictions/look")).status_code == 401
-        wrong = await http.get("/v1/predictions/look", headers={"Authorization": "Bearer nope"})
+        assert (await http.get(by_id)).status_code == 401
+        wrong = await http.get(by_id, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert wrong.headers["www-authenticate"] == "Bearer"
         auth = {"Authorization": f"Bearer {token}"}
-        found = await http.get("/v1/predictions/look", headers=auth)
+        found = await http.get(by_id, headers=auth)
         assert found.status_code == 200
-        assert found.json()["rows"][0]["model_name"] == "digits"
-        assert (await http.get("/v1/predictions/absent", headers=auth)).status_code == 404
+        assert found.json()["row"]["model_name"] == "digits"
+        assert found.json()["row"]["request_id"] == "look"
+        listed = await http.get("/v1/predictions", params={"request_id": "look"}, headers=auth)
+        assert [r["prediction_id"] for r in listed.json()["rows"]] == [prediction_id]
+        absent = "00000000-0000-4000-8000-000000000000"
+        assert (await http.get(f"/v1/predictions/{absent}", headers=auth)).status_code == 404
+        assert (await http.get("/v1/predictions/look", headers=auth)).status_code == 422
+        missing = await http.get("/v1/predictions", params={"request_id": "none"}, headers=auth)
+        assert missing.status_code == 404
 
 
 async def test_hostile_urls_still_give_valid_rows(
@@ -255,3 +266,19 @@ def test_an_install_without_migration_files_is_refused(
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="no migrations"):
         migrate.available()
+
+
+def test_the_previous_release_still_inserts_after_the_upgrade(database_url: str) -> None:
+    # During a rolling upgrade, old replicas insert with their own ON CONFLICT target.
+    asyncio.run(migrate.upgrade(database_url))
+    old_insert = (
+        "INSERT INTO predictions (request_id, created_at, model_name, model_version,"
+        " status_code, cache_result, instances, total_ms, payload_cap_bytes)"
+        " VALUES ('old', '2026-01-01T00:00:00Z', 'digits', 1, 200, 'miss', 1, 1.0, 0)"
+        " ON CONFLICT (request_id, created_at) DO NOTHING"
+    )
+    with psycopg.connect(database_url) as conn:
+        conn.execute(old_insert)
+        conn.execute(old_insert)  # a replay: still one row
+    (row,) = rows(database_url)
+    assert row["request_id"] == "old" and row["prediction_id"] is not None
