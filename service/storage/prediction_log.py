@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -26,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from service.observability import metrics
-from service.storage.spool import Spool, read_lines
+from service.storage.spool import Spool, open_append, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +276,17 @@ class PostgresLog:
     def _dead_letter(self, row: PredictionRow, error: Exception) -> None:
         logger.error("prediction log: Postgres refused row %s: %s", row.request_id, error)
         metrics.LOG_ROWS.labels("dead_letter").inc()
-        with (self._spool.directory / "dead-letter.jsonl.rejected").open("ab") as f:
-            f.write(row.to_json() + b"\n")
+        try:
+            with open_append(self._spool.directory / "dead-letter.jsonl.rejected") as f:
+                f.write(row.to_json() + b"\n")
+        except OSError as e:  # a symlink planted in its place, for one
+            # The row stays in the log, less its payloads, which logs must not hold.
+            kept = dataclasses.replace(row, input_payload=None, output_payload=None)
+            logger.error(
+                "prediction log: dead-letter file unwritable (%s); row: %s",
+                e,
+                kept.to_json().decode(),
+            )
 
     def _down(self, e: Exception) -> bool:
         metrics.LOG_WRITE_ERRORS.inc()

@@ -7,6 +7,10 @@ then claims ready files (and files of workers that died) by renaming them to
 `replaying-<owner>-...`, so that two live workers never replay the same file. A file is deleted
 only after Postgres committed its rows, and inserts ignore rows already present, so a replay cut
 short by a crash can simply run again.
+
+Whoever can write the directory can add rows to the log, so only regular files owned by this
+user are ever replayed, nothing is opened through a symlink, and a directory of this user's
+that others may write is made private at start.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +35,14 @@ _OWNER = r"(\d+)\.([0-9a-f]+)"
 _ACTIVE = re.compile(rf"^active-{_OWNER}\.jsonl$")
 _READY = re.compile(rf"^ready-{_OWNER}-\d+\.jsonl$")
 _REPLAYING = re.compile(rf"^replaying-{_OWNER}-.+\.jsonl$")
+_SPOOL_NAME = re.compile(r"^(active|ready|replaying)-.+\.jsonl$")
 
 
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_private(directory)
         self._pid = os.getpid()
         self._boot = secrets.token_hex(4)
         self.owner = f"{self._pid}.{self._boot}"
@@ -59,7 +66,7 @@ class Spool:
         data = b"".join(line + b"\n" for line in lines)
         with self._lock:
             if self._file is None:
-                self._file = self._active.open("ab")
+                self._file = open_append(self._active)
             self._file.write(data)
             self._file.flush()
             self._dirty = True
@@ -87,6 +94,10 @@ class Spool:
         """Files this worker may replay now, each renamed to mark it as ours."""
         for path in sorted(self.directory.iterdir()):
             name = path.name
+            if not _is_own_file(path):
+                if _SPOOL_NAME.match(name):
+                    logger.error("spool: %s is not a regular file of this user; not replayed", name)
+                continue
             if (match := _REPLAYING.match(name)) is not None:
                 pid, boot = int(match.group(1)), match.group(2)
                 if self._is_mine(pid, boot):
@@ -126,6 +137,36 @@ def read_lines(path: Path) -> list[bytes]:
     if lines and lines[-1]:
         logger.warning("spool file %s ends in a torn line; it was never fsync'd", path.name)
     return [line for line in lines[:-1] if line]
+
+
+def open_append(path: Path) -> IO[bytes]:
+    """`path` for appending, created private; never through a symlink (ELOOP instead)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
+
+
+def _is_own_file(path: Path) -> bool:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _make_private(directory: Path) -> None:
+    info = directory.stat()
+    loose = info.st_mode & 0o077
+    if info.st_uid == os.geteuid():
+        if loose:
+            directory.chmod(0o700)
+            logger.warning("spool: %s was open to others (mode %o); now 0700", directory, loose)
+    elif info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        # Files planted there are not replayed, but others could delete this worker's.
+        logger.warning(
+            "spool: %s belongs to uid %d and anyone may write it; mount a volume of this user's",
+            directory,
+            info.st_uid,
+        )
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.server.gunicorn_app import prepare_multiprocess_dir
+from service.storage.spool import Spool, open_append
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +53,29 @@ def test_the_metrics_dir_loses_only_stale_metrics_files(tmp_path: Path) -> None:
     prepare_multiprocess_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]
     assert (tmp_path / "project" / "counter_1.db").exists()
+
+
+def test_a_planted_spool_file_is_not_replayed(tmp_path: Path) -> None:
+    # Finding 9: any file named like a spool file was replayed as rows, symlinks included.
+    outside = tmp_path / "outside.jsonl"
+    outside.write_bytes(b'{"request_id": "planted"}\n')
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o777)
+    spool_dir.chmod(0o777)
+    (spool_dir / "ready-1.0badc0de-0.jsonl").symlink_to(outside)
+    spool = Spool(spool_dir)
+    assert stat.S_IMODE(spool_dir.stat().st_mode) == 0o700  # made private
+    assert list(spool.claim()) == []
+    assert (spool_dir / "ready-1.0badc0de-0.jsonl").is_symlink()  # left where it was
+
+
+def test_spool_files_are_never_opened_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    spool = Spool(tmp_path / "spool")
+    (tmp_path / "spool" / f"active-{spool.owner}.jsonl").symlink_to(target)
+    with pytest.raises(OSError, match=r"symbolic link|Too many levels"):
+        spool.append([b"{}"])
+    assert target.read_bytes() == b""
+    with pytest.raises(OSError):
+        open_append(tmp_path / "spool" / f"active-{spool.owner}.jsonl")
