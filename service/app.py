@@ -19,6 +19,8 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routes import admin, ops, repository, v1, v2
 from service.config import Settings, get_settings
+from service.keys.rate_limit import KeyRateLimiter
+from service.keys.ring import KeyRing
 from service.lifecycle import Lifecycle
 from service.observability import metrics
 from service.observability.logging import configure_logging
@@ -64,6 +66,23 @@ def build_prediction_log(settings: Settings) -> PredictionLog:
     )
 
 
+def build_key_checks(settings: Settings) -> tuple[KeyRing | None, KeyRateLimiter | None]:
+    conninfo = settings.database_conninfo()
+    if settings.api_keys == "off" or conninfo is None:
+        return None, None
+    ring = KeyRing(conninfo, refresh_s=settings.api_keys_refresh_s)
+    limiter = KeyRateLimiter(
+        settings.redis_connection_url(),
+        timeout_s=settings.redis_timeout_ms / 1000,
+        fail_open=settings.rate_limit_failure == "open",
+        breaker=CircuitBreaker(
+            failure_threshold=settings.cache_breaker_failures,
+            reset_timeout_s=settings.cache_breaker_reset_s,
+        ),
+    )
+    return ring, limiter
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -92,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         model_control = ModelController(settings, registry, control_dir)
         decode_threads = DecodeThreads(threads=settings.decode_threads)
+        key_ring, rate_limiter = build_key_checks(settings)
         app.state.torchdock = AppState(
             settings=settings,
             registry=registry,
@@ -100,9 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prediction_log=prediction_log,
             model_control=model_control,
             decode_threads=decode_threads,
+            key_ring=key_ring,
+            rate_limiter=rate_limiter,
         )
         lifecycle.install_sigterm_hook(asyncio.get_running_loop())
-        await prediction_log.start()
+        await prediction_log.start()  # its migrations come first: the keys table is one
+        if key_ring is not None:
+            await key_ring.start()
         await registry.load_all()
         await model_control.start()
         logger.info("readiness", extra={"ready": registry.ready})
@@ -118,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lifecycle.begin_drain()
             try:
                 await model_control.stop()
+                if key_ring is not None:
+                    await key_ring.stop()
                 await registry.stop()
             finally:
                 # Whatever happened above, the queued log rows still go somewhere durable.

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from service.config import ConfigError, Settings, load_settings
+from service.keys import cli as keys_cli
 from service.packaging import cli as package_cli
 
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd = db.add_parser("stats", help="counts per model, version and status")
     stats_cmd.add_argument("--since", default="24h", help="window, e.g. 24h, 7d")
     stats_cmd.set_defaults(func=_db_stats)
+
+    keys_cli.add_parser(commands, _database_conninfo)
     return parser
 
 

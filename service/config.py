@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from service.keys.rate_limit import check_rate_limit
 from service.runtime.version_policy import VersionPolicy
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -144,6 +145,18 @@ class Settings(BaseSettings):
     log_payload_max_bytes: Annotated[int, Field(ge=0)] = 4096
     spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
     prediction_lookup: bool = False
+    # API keys (`torchdock keys`, kept in Postgres): off in the embedded mode, required in the
+    # compose stack. Health and server metadata stay open for probes; /metrics is the
+    # network's to guard (nginx keeps it in).
+    api_keys: Literal["off", "required"] = "off"
+    api_keys_refresh_s: Annotated[float, Field(gt=0)] = 5.0
+    api_keys_protect_metadata: bool = True
+    api_key_rate_limit: str | None = Field(
+        default=None, description="each key's limit unless its own is set, e.g. '50/second'"
+    )
+    rate_limit_failure: Literal["open", "closed"] = Field(
+        default="open", description="what happens to keyed requests while Redis cannot count"
+    )
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = Field(
         default=None,
@@ -213,6 +226,19 @@ class Settings(BaseSettings):
             raise ValueError("MODEL_TRUST=digest-pinned needs MODEL_DIGESTS_FILE")
         if self.model_trust == "signed" and self.model_trust_key_file is None:
             raise ValueError("MODEL_TRUST=signed needs MODEL_TRUST_KEY_FILE")
+        return self
+
+    @field_validator("api_key_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_rate_limit(value)
+        return value
+
+    @model_validator(mode="after")
+    def _keys_need_a_database(self) -> Settings:
+        if self.api_keys == "required" and self.database_url is None:
+            raise ValueError("API_KEYS=required needs DATABASE_URL (the keys are kept there)")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from service.config import Settings
+from service.keys.rate_limit import KeyRateLimiter
+from service.keys.ring import KeyRing
 from service.lifecycle import Lifecycle
 from service.runtime.executor import DecodeThreads
 from service.runtime.model_control import ModelController
@@ -27,6 +29,9 @@ class AppState:
     single_flight: SingleFlight[Any, Any] = field(default_factory=SingleFlight)
     model_control: ModelController = field(kw_only=True)
     decode_threads: DecodeThreads = field(kw_only=True)
+    # Both None unless API_KEYS=required.
+    key_ring: KeyRing | None = field(default=None, kw_only=True)
+    rate_limiter: KeyRateLimiter | None = field(default=None, kw_only=True)
 
 
 async def _state(request: Request) -> AppState:

@@ -16,6 +16,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from service.api.api_keys import API_KEY_STATE
 from service.api.deps import AppState
 from service.api.errors import problem_from_runtime
 from service.api.problems import Problem
@@ -275,6 +276,7 @@ class PredictionRecord:
             replica_id=settings.replica_id,
             error_type=error_type,
             prediction_id=self.prediction_id,
+            api_key_id=self.request.scope.get("state", {}).get(API_KEY_STATE),
         )
 
 

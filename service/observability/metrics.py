@@ -163,6 +163,35 @@ LOG_SPOOL_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+API_KEYS_LOADED = Gauge(
+    "torchdock_api_keys_loaded",
+    "API keys in this worker's copy of the keys table, revoked and expired ones included.",
+    multiprocess_mode="livemax",
+)
+API_KEY_REQUESTS = Counter(
+    "torchdock_api_key_requests_total",
+    "Keyed requests by key name (the first 200 keys; then _other) and outcome: allowed,"
+    " rate_limited, forbidden (model not allowed), or unlimited (Redis could not count).",
+    ("key", "outcome"),
+)
+API_KEY_REJECTIONS = Counter(
+    "torchdock_api_key_rejections_total",
+    "Requests refused before any key was known: missing, invalid (unknown, revoked, expired).",
+    ("reason",),
+)
+# Key names are the operator's, yet a label set must stay bounded whatever is in the table.
+_KEY_LABELS_MAX = 200
+_key_labels: set[str] = set()
+
+
+def api_key_requests(key_name: str, outcome: str) -> Counter:
+    if key_name not in _key_labels:
+        if len(_key_labels) >= _KEY_LABELS_MAX:
+            key_name = "_other"
+        else:
+            _key_labels.add(key_name)
+    return API_KEY_REQUESTS.labels(key_name, outcome)
+
 
 @lru_cache(maxsize=1024)
 def http_requests(method: str, route: str, status: int) -> Counter:

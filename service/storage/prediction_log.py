@@ -59,6 +59,7 @@ class PredictionRow:
     error_type: str | None
     # The row's own key; spool lines of earlier releases have none, and get one on replay.
     prediction_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    api_key_id: str | None = None
 
     def to_json(self) -> bytes:
         data = asdict(self)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.api.api_keys import MetadataKey, PredictionKey
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
@@ -22,7 +23,11 @@ from service.api.schemas import PredictRequest
 router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False, route_class=OrjsonRoute)
 
 
-@router.get("/models", summary="Every model served here, with its versions and state")
+@router.get(
+    "/models",
+    summary="Every model served here, with its versions and state",
+    dependencies=[MetadataKey],
+)
 async def list_models(state: State) -> Response:
     models: list[dict[str, Any]] = []
     for entry in state.registry.entries.values():
@@ -74,14 +79,22 @@ async def _predict(
         return record.response
 
 
-@router.post("/models/{name}:predict", summary="Predict with the model's default version")
+@router.post(
+    "/models/{name}:predict",
+    summary="Predict with the model's default version",
+    dependencies=[PredictionKey],
+)
 async def predict_default(
     name: str, body: PredictRequest, request: Request, state: State
 ) -> Response:
     return await _predict(state, request, body, name, None)
 
 
-@router.post("/models/{name}/versions/{version}:predict", summary="Predict with one version")
+@router.post(
+    "/models/{name}/versions/{version}:predict",
+    summary="Predict with one version",
+    dependencies=[PredictionKey],
+)
 async def predict_version(
     name: str, version: str, body: PredictRequest, request: Request, state: State
 ) -> Response:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
+from service.api.api_keys import MetadataKey, PredictionKey
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
@@ -62,12 +63,18 @@ def _metadata(state: State, name: str, version: str | None) -> Response:
     return json_response(body, version=chosen.version)
 
 
-@router.get("/models/{name}", summary="Model metadata (default version)")
+@router.get(
+    "/models/{name}", summary="Model metadata (default version)", dependencies=[MetadataKey]
+)
 async def model_metadata(name: str, state: State) -> Response:
     return _metadata(state, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model version metadata",
+    dependencies=[MetadataKey],
+)
 async def version_metadata(name: str, version: str, state: State) -> Response:
     return _metadata(state, name, version)
 
@@ -82,12 +89,18 @@ def _readiness(state: State, name: str, version: str | None) -> Response:
     return json_response(body, version=chosen.version)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (default version)")
+@router.get(
+    "/models/{name}/ready", summary="Model readiness (default version)", dependencies=[MetadataKey]
+)
 async def model_ready(name: str, state: State) -> Response:
     return _readiness(state, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version readiness",
+    dependencies=[MetadataKey],
+)
 async def version_ready(name: str, version: str, state: State) -> Response:
     return _readiness(state, name, version)
 
@@ -121,12 +134,18 @@ async def _infer(
         return record.response
 
 
-@router.post("/models/{name}/infer", summary="Inference (default version)")
+@router.post(
+    "/models/{name}/infer", summary="Inference (default version)", dependencies=[PredictionKey]
+)
 async def infer(name: str, body: InferenceRequest, request: Request, state: State) -> Response:
     return await _infer(state, request, body, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference (one version)",
+    dependencies=[PredictionKey],
+)
 async def infer_version(
     name: str, version: str, body: InferenceRequest, request: Request, state: State
 ) -> Response:
