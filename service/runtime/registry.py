@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -28,6 +29,14 @@ from service.runtime.trust import TrustPolicy
 from service.runtime.version_policy import VersionPolicy
 
 logger = logging.getLogger(__name__)
+
+# An absolute path, of at least two parts: what a client need not learn of the host.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+([\w.@+-]+)")
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its last part."""
+    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 @dataclass
@@ -170,11 +179,13 @@ class ModelRegistry:
         except DeviceError:
             raise
         except Exception as e:
-            state.error = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
+            error = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
             logger.error(
                 "model version failed to load",
-                extra={"model_name": ref.name, "model_version": ref.version, "error": state.error},
+                extra={"model_name": ref.name, "model_version": ref.version, "error": error},
             )
+            # Clients read it in /v1/models and V2 metadata: the log keeps the paths, they don't.
+            state.error = without_paths(error)
         return state
 
     async def _retire(self, state: VersionState) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from service.server.gunicorn_app import prepare_multiprocess_dir
 from service.storage.spool import Spool, open_append
+from tests.conftest import SettingsFactory, serve
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,20 @@ def test_spool_files_are_never_opened_through_a_symlink(tmp_path: Path) -> None:
     assert target.read_bytes() == b""
     with pytest.raises(OSError):
         open_append(tmp_path / "spool" / f"active-{spool.owner}.jsonl")
+
+
+async def test_a_load_error_shows_no_host_paths(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    # Finding 9: /v1/models showed errors with the server's absolute paths in them.
+    gone = tmp_path / "secret-place" / "digests.txt"
+    gone.parent.mkdir()
+    gone.write_text("")
+    settings = make_settings(model_trust="digest-pinned", model_digests_file=gone)
+    gone.unlink()  # after the settings' check: loading then fails on a path of the host
+    async with serve(settings) as http:
+        (digits,) = (await http.get("/v1/models")).json()["models"]
+        metadata = (await http.get("/v2/models/digits")).text
+    (error,) = [v["error"] for v in digits["versions"]]
+    assert "digests.txt" in error, error
+    assert str(tmp_path) not in error and str(tmp_path) not in metadata
