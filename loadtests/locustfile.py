@@ -11,6 +11,7 @@ gunicorn process or the compose stack and keeps the report. See loadtests/README
 from __future__ import annotations
 
 import functools
+import os
 import random
 import time
 import uuid
@@ -31,6 +32,9 @@ CORPUS = payloads.sentences()
 # One pool for every user and worker: the same keys repeat across them, as they would in front
 # of one shared cache.
 CACHE_POOL_SEED = 7
+# A stack with API_KEYS=required wants a key on every prediction.
+_KEY = os.environ.get("TORCHDOCK_API_KEY", "")
+AUTH = {"Authorization": f"Bearer {_KEY}"} if _KEY else {}
 
 
 @events.init_command_line_parser.add_listener
@@ -69,7 +73,11 @@ def post_checked(
     retry_after = 0.0
     request_id = uuid.uuid4().hex
     with user.client.post(
-        path, json=body, headers={"X-Request-ID": request_id}, name=name, catch_response=True
+        path,
+        json=body,
+        headers={"X-Request-ID": request_id, **AUTH},
+        name=name,
+        catch_response=True,
     ) as response:
         if response.headers.get("X-Request-ID") != request_id:
             response.failure("the response does not carry the request's X-Request-ID")

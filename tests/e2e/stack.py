@@ -36,7 +36,31 @@ class Stack:
         self.url = f"http://127.0.0.1:{http_port}"
         self.prometheus = f"http://127.0.0.1:{prometheus_port}"
         self.logged = 0  # prediction responses that came from a replica: one row each
+        self.api_key = ""  # made once the stack is up: the stack wants one
         self._lock = threading.Lock()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def client(self) -> httpx.Client:
+        """A client that sends the stack's API key."""
+        return httpx.Client(timeout=30, headers=self.auth)
+
+    def make_key(self, name: str, *options: str) -> str:
+        return self.script("keys", "create", "--name", name, *options).strip()
+
+    def wait_for_key(self, timeout: float = 60) -> None:
+        """Until the replicas take the key (they read the keys table every few seconds)."""
+
+        def taken() -> bool:
+            # Ten in a row, over nginx's spread of them: every replica has read the table.
+            with self.client() as client:
+                return all(
+                    client.get(f"{self.url}/v2/models/digits").status_code == 200 for _ in range(10)
+                )
+
+        wait_until(taken, timeout, "the API key taken by the replicas")
 
     def script(self, *args: str, timeout: float = 1200) -> str:
         result = subprocess.run(
@@ -71,7 +95,8 @@ class Stack:
         return int(self.psql("SELECT count(*) FROM predictions"))
 
     def count(self, response: httpx.Response) -> None:
-        if "x-replica-id" in response.headers:
+        # A replica logs a row for each response with a prediction id; auth refusals have none.
+        if "x-prediction-id" in response.headers:
             with self._lock:
                 self.logged += 1
 
@@ -103,17 +128,21 @@ class Stack:
 
     def unmatched(self) -> str:
         """Where the rows and nginx's access log disagree: rows of no POST a replica answered,
-        and POSTs a replica answered with no row or with two."""
-        rows = Counter(self.psql("SELECT request_id FROM predictions").split())
-        answered = [
+        and POSTs a replica answered with a prediction id (every one it logs) and no row, or two."""
+        rows = Counter(self.psql("SELECT prediction_id FROM predictions").split())
+        posts = [
             entry
             for entry in self.access_log()
             if entry["method"] == "POST" and entry["upstream_addr"].endswith(":8000")
         ]
-        ids = {entry["request_id"] for entry in answered}
+        answered = [entry for entry in posts if entry["prediction_id"]]
+        ids = {entry["prediction_id"] for entry in answered}
         lines = [f"row of no answered POST: {i}" for i in rows.keys() - ids]
-        lines += [f"{rows[e['request_id']]} rows: {json.dumps(e)}" for e in answered
-                  if rows[e["request_id"]] != 1]  # fmt: skip
+        # Refused before any prediction began (no key, a key over its rate): no row is due.
+        lines += [f"no prediction id: {json.dumps(e)}" for e in posts
+                  if not e["prediction_id"] and e["status"] not in (401, 403, 429)]  # fmt: skip
+        lines += [f"{rows[e['prediction_id']]} rows: {json.dumps(e)}" for e in answered
+                  if rows[e["prediction_id"]] != 1]  # fmt: skip
         return "\n".join(lines[:50]) or "every answered POST has one row"
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
@@ -164,6 +193,8 @@ def running_stack(
     started = time.monotonic()
     stack.script("up")
     print(f"{project}: up (with image builds) in {time.monotonic() - started:.0f} s")
+    stack.api_key = stack.make_key("e2e", "--rate-limit", "100000/second")
+    stack.wait_for_key()
     try:
         yield stack
     finally:
@@ -216,7 +247,7 @@ class Load:
 
     def _run(self, seed: int) -> None:
         rng = np.random.default_rng(seed + int(time.time()))
-        with httpx.Client(timeout=30) as client:
+        with self.stack.client() as client:
             due = time.monotonic()
             while not self._stop.is_set():
                 outcome: int | str

@@ -53,7 +53,7 @@ def script(stack: Stack, name: str, *args: str, **env: str) -> subprocess.Comple
 
 def serve_and_cache(stack: Stack) -> list[httpx.Response]:
     images = held_out()[0]
-    with httpx.Client(timeout=30) as client:
+    with stack.client() as client:
         responses = [stack.predict(client, images[i]) for i in range(20)]
         text = {"instances": ["a sentence to back up", "and another one"]}
         minilm = client.post(f"{stack.url}/v1/models/minilm:predict", json=text)
@@ -95,7 +95,8 @@ def test_backup_destroy_restore_gives_the_same_data_back(stack: Stack, backups: 
     restored = script(stack, "restore", "--yes")
     assert restored.returncode == 0, restored.stderr[-4000:]
     assert stack.psql(PAYLOADS) == rows, "the same rows, request ids and payload checksums"
-    with httpx.Client(timeout=30) as client:
+    stack.wait_for_key()  # the keys table came back with the rest
+    with stack.client() as client:
         again = [stack.predict(client, held_out()[0][i]) for i in range(20)]
     assert {r.headers["x-cache"] for r in again} == {"hit"}, "the cache came back"
     assert [r.json() for r in again] == [r.json() for r in first]

@@ -110,7 +110,7 @@ def test_300_predictions_through_nginx(stack: Stack) -> None:
     images, labels = held_out()
     outcomes: list[tuple[int, str, str]] = []
     correct = 0
-    with httpx.Client(timeout=30) as client:
+    with stack.client() as client:
         for _ in range(2):
             for image, label in zip(images[:150], labels[:150], strict=True):
                 r = stack.predict(client, image)
@@ -152,7 +152,7 @@ def test_prometheus_scrapes_every_target_and_each_replica(stack: Stack) -> None:
 
 def test_recording_rules_and_dashboard_queries_return_data(stack: Stack) -> None:
     images = held_out()[0]
-    with httpx.Client(timeout=30) as client:
+    with stack.client() as client:
         for i in range(60):
             stack.predict(client, images[i % 10])  # repeats: cache hits as well as misses
             text = {"instances": [f"sentence number {i % 10} for the dashboards"]}
@@ -265,7 +265,7 @@ def test_database_and_cache_outages_fail_no_request_and_lose_no_row(stack: Stack
 
 def test_the_edge(stack: Stack) -> None:
     image = held_out()[0][0]
-    with httpx.Client(timeout=30) as client:
+    with stack.client() as client:
         given = stack.predict(client, image, **{"X-Request-ID": "e2e-edge-1"})
         made = stack.predict(client, image)
         refused = stack.predict(client, image, **{"X-Request-ID": "not a valid id"})
@@ -409,6 +409,46 @@ def test_locust_runs_distributed_in_containers_against_nginx(stack: Stack, tmp_p
     assert json.loads((report / "gates.json").read_text())["passed"] is True
     left = stack.compose("--profile", "loadtest", "ps", "--all", "--quiet", "locust-master")
     assert not left.strip(), "the runner removes the Locust containers"
+
+
+def test_api_keys_through_nginx_with_a_limit_the_replicas_share(stack: Stack) -> None:
+    # An hour's window: a test this short never meets the window's edge.
+    key = stack.make_key("e2e-limited", "--rate-limit", "20/hour", "--models", "digits")
+    headers = {"Authorization": f"Bearer {key}"}
+    image = held_out()[0][0]
+    with httpx.Client(timeout=30, headers=headers) as client:
+        # Until six in a row take it, so each replica has read the table; each counts.
+        used = in_a_row = 0
+        for _ in range(200):
+            status = client.get(f"{stack.url}/v2/models/digits").status_code
+            used, in_a_row = (used + 1, in_a_row + 1) if status == 200 else (used, 0)
+            if in_a_row == 6:
+                break
+            time.sleep(0.1)
+        assert in_a_row == 6
+        answers = [stack.predict(client, image, **{"Cache-Control": "no-cache"}) for _ in range(24)]
+        forbidden = client.post(f"{stack.url}/v1/models/minilm:predict", json={"instances": ["x"]})
+    allowed = 20 - used
+    assert [r.status_code for r in answers] == [200] * allowed + [429] * (24 - allowed)
+    assert len({r.headers["x-replica-id"] for r in answers}) >= 2, "one count, several replicas"
+    refused = answers[-1]
+    assert refused.json()["type"] == "urn:torchdock:problem:rate-limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert forbidden.status_code == 403
+    anonymous = httpx.post(f"{stack.url}{DIGITS}", json={"instances": [image.tolist()]}, timeout=30)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["type"] == "urn:torchdock:problem:api-key-required"
+    assert anonymous.json()["request_id"] == anonymous.headers["x-request-id"]
+
+    stack.script("keys", "revoke", "e2e-limited")
+    with httpx.Client(timeout=30, headers=headers) as client:
+        wait_until(
+            lambda: all(client.get(f"{stack.url}/v2/models/digits").status_code == 401
+                        for _ in range(3)),
+            30, "the revoked key refused by every replica",
+        )  # fmt: skip
+    logs = stack.compose("logs", "--no-log-prefix", "api", "nginx")
+    assert key.split("_")[2] not in logs, "a key's secret is in no log"
 
 
 def test_down_then_up_keeps_the_data_and_down_volumes_removes_it(stack: Stack) -> None:
