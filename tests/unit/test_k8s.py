@@ -16,6 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.config import Settings
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,3 +205,31 @@ def test_the_model_repository_is_mounted_read_only_where_the_image_keeps_it(over
         (init,) = pod["initContainers"]
         assert init["image"] == api["image"]  # the release image carries the bundled models
         assert init["command"][-2:] == [f"{_image_model_repository()}/.", "/models/"]
+
+
+def test_the_ingress_forwards_the_public_api_only() -> None:
+    # Finding 8 of issue 18: it forwarded `/`, so /metrics, /docs and the admin routes were public.
+    ingress = find(render("cpu"), "Ingress", "torchdock-api")
+    (rule,) = ingress["spec"]["rules"]
+    paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
+    assert paths == {
+        ("/v1/models", "Prefix"), ("/v2/models", "Prefix"), ("/v2/health", "Prefix"),
+        ("/v2", "Exact"),
+    }  # fmt: skip
+    assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {"torchdock-api"}
+    # Longer than the longest deadline a client may ask for, so that the API answers it.
+    annotations = ingress["metadata"]["annotations"]
+    limit = Settings.model_fields["max_request_timeout_s"].default
+    assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > limit
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_may_call_out_only_to_dns_and_the_datastores(overlay: str) -> None:
+    objects = render(overlay)
+    default = find(objects, "NetworkPolicy", "default-deny-egress")
+    assert default["spec"] == {"podSelector": {}, "policyTypes": ["Egress"]}
+    egress = find(objects, "NetworkPolicy", "torchdock-api-egress")["spec"]["egress"]
+    ports = {(p["port"], p["protocol"]) for rule in egress for p in rule["ports"]}
+    assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (6379, "TCP")}
+    (dns,) = [rule for rule in egress if rule.get("to")]
+    assert {p["port"] for p in dns["ports"]} == {53}
