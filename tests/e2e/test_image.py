@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.storage import migrate
 from tests.digits_data import held_out
 from tests.e2e.docker_cli import ROOT, docker
 from tests.e2e.server import free_port
@@ -123,9 +124,13 @@ def test_healthy_and_serving_as_uid_10001(run_container: type[Container], image:
     assert docker("exec", container.name, "id", "-u").stdout.strip() == "10001"
     # Package data (the schema migrations) is in the installed package, not only in the tree.
     listed = docker("exec", container.name, "python3", "-c", LIST_MIGRATIONS).stdout.split()
-    assert listed == ["0001_predictions", "0002_replica_and_error"]
+    assert listed == [f"{m.version:04d}_{m.name}" for m in migrate.available()]
     config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
     assert config["User"] == "10001"
+    # Settings are also read from ./.env: the working directory is one the app cannot write
+    # (it was /tmp, where anything in the container could plant one).
+    assert config["WorkingDir"] == "/opt/torchdock"
+    docker("exec", container.name, "sh", "-c", 'test ! -w "$PWD" && test ! -e .env')
     labels = config["Labels"]
     for key in ("source", "version", "revision", "created"):
         assert labels[f"org.opencontainers.image.{key}"], key
