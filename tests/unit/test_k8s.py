@@ -101,9 +101,9 @@ def test_the_api_starts_drains_and_rolls_safely(overlay: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > drain
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod["topologySpreadConstraints"]
-    mounts = {m["mountPath"] for m in api["volumeMounts"]}
-    assert mounts == {"/tmp", "/var/lib/torchdock/spool"}
-    assert all("emptyDir" in v for v in pod["volumes"])
+    writable = {m["name"]: m["mountPath"] for m in api["volumeMounts"] if not m.get("readOnly")}
+    assert set(writable.values()) == {"/tmp", "/var/lib/torchdock/spool"}
+    assert all("emptyDir" in v for v in pod["volumes"] if v["name"] in writable)
     # Inside a container the service would count the node's CPUs: workers are set explicitly.
     assert settings["WORKERS"] == "1" and settings["TORCH_THREADS"] == "1"
 
@@ -233,3 +233,29 @@ def test_the_api_may_call_out_only_to_dns_and_the_datastores(overlay: str) -> No
     assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (6379, "TCP")}
     (dns,) = [rule for rule in egress if rule.get("to")]
     assert {p["port"] for p in dns["ports"]} == {53}
+
+
+@pytest.mark.parametrize("overlay", ("cpu", "gpu", *MODEL_OVERLAYS))
+def test_datastore_passwords_are_files_not_environment(overlay: str) -> None:
+    # Finding 8 of issue 18: the passwords were in the URLs, in environment variables.
+    objects = render(overlay)
+    container = api_container(objects)
+    env = {e["name"]: e for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "datastore-passwords")
+    assert mount["readOnly"] is True
+    for name, file in (("DATABASE_PASSWORD_FILE", "database-password"),
+                       ("REDIS_PASSWORD_FILE", "redis-password")):  # fmt: skip
+        assert env[name]["value"] == f"{mount['mountPath']}/{file}"
+    pod = find(objects, "Deployment", "torchdock-api")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "datastore-passwords")
+    assert volume["secret"]["secretName"] == "torchdock-datastore-passwords"
+    assert volume["secret"]["defaultMode"] & 0o077 == 0o040  # the pod's group reads it, no more
+
+
+def test_the_dev_datastores_need_no_password_files() -> None:
+    objects = render("dev")
+    container = api_container(objects)
+    assert not [e for e in container["env"] if e["name"].endswith("_PASSWORD_FILE")]
+    pod = find(objects, "Deployment", "torchdock-api")["spec"]["template"]["spec"]
+    assert "datastore-passwords" not in {v["name"] for v in pod["volumes"]}
+    assert "datastore-passwords" not in {m["name"] for m in container["volumeMounts"]}
