@@ -36,12 +36,13 @@ class Stack:
         self.url = f"http://127.0.0.1:{http_port}"
         self.prometheus = f"http://127.0.0.1:{prometheus_port}"
         self.logged = 0  # prediction responses that came from a replica: one row each
-        self.api_key = ""  # made once the stack is up: the stack wants one
+        self.api_key = ""  # made once the compose stack is up, which wants one
         self._lock = threading.Lock()
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
+        # Swarm's stack file leaves API keys off: no key, no header.
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def client(self) -> httpx.Client:
         """A client that sends the stack's API key."""
