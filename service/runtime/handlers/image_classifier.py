@@ -14,7 +14,7 @@ from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import ImageBudget, b64_of, decode_image, encoded_images
+from service.runtime.handlers.images import ImageBudget, converted
 from service.runtime.manifest import Manifest
 
 
@@ -32,13 +32,13 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
         self.budget = ImageBudget.from_preprocessing(pre)
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
-        self.budget.check(encoded_images(instances))
-        return [self._decode_instance(i, instance) for i, instance in enumerate(instances)]
+        with self.budget.opened(instances) as images:
+            return [self._decode_instance(i, instance, images.get(i))
+                    for i, instance in enumerate(instances)]  # fmt: skip
 
-    def _decode_instance(self, index: int, instance: Any) -> np.ndarray:
-        encoded = b64_of(instance, index=index)
-        if encoded is not None:
-            return self.image_to_pixels(encoded, index=index)
+    def _decode_instance(self, index: int, instance: Any, image: Image.Image | None) -> np.ndarray:
+        if image is not None:
+            return self.image_to_pixels(image, index=index)
         # Numbers only: "7" and true are not pixels.
         pixels = numeric_array(instance, "FP32", where=f"instance {index}")
         if pixels.shape == (self.size * self.size,):
@@ -57,10 +57,10 @@ class ImageClassifierHandler(ClassifierHandler[np.ndarray]):
         if pixels.min() < 0 or pixels.max() > self.max_value:
             raise InvalidInput(f"{where}: values must lie in [0, {self.max_value:g}]")
 
-    def image_to_pixels(self, encoded: str, *, index: int) -> np.ndarray:
-        """A PNG or JPEG, base64-encoded, to the model's grid: grayscale, resized, ink bright."""
-        image = decode_image(encoded, index=index, mode="L", max_pixels=self.budget.max_pixels)
-        gray = image.resize((self.size, self.size), Image.Resampling.BOX)
+    def image_to_pixels(self, image: Image.Image, *, index: int) -> np.ndarray:
+        """An opened PNG or JPEG to the model's grid: grayscale, resized, ink bright."""
+        gray = converted(image, index=index, mode="L")
+        gray = gray.resize((self.size, self.size), Image.Resampling.BOX)
         pixels = np.asarray(gray, dtype=np.float32)
         # The training data is bright ink on a dark ground; most images are the reverse.
         if pixels.mean() > 127.5:

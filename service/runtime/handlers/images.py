@@ -12,7 +12,7 @@ import base64
 import binascii
 import io
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,46 +39,44 @@ class ImageBudget:
         default = max(max_pixels, MAX_REQUEST_PIXELS)
         return cls(max_pixels, int(pre.get("max_request_pixels", default)))
 
-    def check(self, encoded: Sequence[tuple[int, str]]) -> None:
-        """Refuse the request's images, from their headers alone, before any is decoded."""
-        total = 0
-        for index, data in encoded:
-            with _opened(data, index=index) as image:
+    @contextmanager
+    def opened(self, instances: Sequence[Any]) -> Iterator[dict[int, Image.Image]]:
+        """The request's `{"b64": ...}` images by position, each opened once with only its
+        header read, refused as a whole before any is decoded; closed when the block ends."""
+        with ExitStack() as stack:
+            images: dict[int, Image.Image] = {}
+            total = 0
+            for index, instance in enumerate(instances):
+                encoded = b64_of(instance, index=index)
+                if encoded is None:
+                    continue
+                image = images[index] = stack.enter_context(_opened(encoded, index=index))
                 pixels = image.width * image.height
                 if pixels > self.max_pixels:
                     raise InvalidInput(
                         f"instance {index}: {image.width}x{image.height} is more than"
                         f" {self.max_pixels} pixels"
                     )
-            total += pixels
-        if total > self.max_request_pixels:
-            raise RequestTooCostly(
-                f"the request's images hold {total} pixels, more than this model's budget of"
-                f" {self.max_request_pixels} per request"
-            )
+                total += pixels
+            if total > self.max_request_pixels:
+                raise RequestTooCostly(
+                    f"the request's images hold {total} pixels, more than this model's budget"
+                    f" of {self.max_request_pixels} per request"
+                )
+            yield images
 
 
-def decode_image(
-    encoded: str,
-    *,
-    index: int,
-    mode: str,
-    max_pixels: int = MAX_PIXELS,
-    draft_size: tuple[int, int] | None = None,
+def converted(
+    image: Image.Image, *, index: int, mode: str, draft_size: tuple[int, int] | None = None
 ) -> Image.Image:
-    """The image in `mode`. Format and size are read from the header, before any decoding; a
-    JPEG larger than `draft_size` is decoded at a reduced scale, which costs a fraction."""
-    with _opened(encoded, index=index) as image:
-        if image.width * image.height > max_pixels:
-            raise InvalidInput(
-                f"instance {index}: {image.width}x{image.height} is more than {max_pixels} pixels"
-            )
-        try:
-            if draft_size is not None and image.format == "JPEG":
-                image.draft(mode, draft_size)
-            return image.convert(mode)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            raise InvalidInput(f"instance {index}: not a readable PNG or JPEG image") from None
+    """An opened image, decoded in `mode`; a JPEG larger than `draft_size` is decoded at a
+    reduced scale, which costs a fraction."""
+    try:
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(mode, draft_size)
+        return image.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidInput(f"instance {index}: not a readable PNG or JPEG image") from None
 
 
 @contextmanager
@@ -108,13 +106,3 @@ def b64_of(instance: Any, *, index: int) -> str | None:
     if not isinstance(encoded, str) or set(instance) != {"b64"}:
         raise InvalidInput(f"instance {index}: an image instance is an object with one key, 'b64'")
     return encoded
-
-
-def encoded_images(instances: Sequence[Any]) -> list[tuple[int, str]]:
-    """The `{"b64": ...}` instances of a request, by position."""
-    found = []
-    for index, instance in enumerate(instances):
-        encoded = b64_of(instance, index=index)
-        if encoded is not None:
-            found.append((index, encoded))
-    return found

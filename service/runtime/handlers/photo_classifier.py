@@ -19,7 +19,7 @@ from service.runtime.dtypes import numeric_array
 from service.runtime.errors import InvalidInput, ModelLoadError
 from service.runtime.handlers.base import Prepared
 from service.runtime.handlers.classification import ClassifierHandler
-from service.runtime.handlers.images import ImageBudget, b64_of, decode_image, encoded_images
+from service.runtime.handlers.images import ImageBudget, converted
 from service.runtime.manifest import Manifest
 
 # Normalised pixels of a real photo lie within a few units of 0; these bounds only refuse
@@ -45,13 +45,13 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
         self.shape = (3, self.crop, self.crop)
 
     def instances_from_json(self, instances: Sequence[Any]) -> list[np.ndarray]:
-        self.budget.check(encoded_images(instances))
-        return [self._instance(i, instance) for i, instance in enumerate(instances)]
+        with self.budget.opened(instances) as images:
+            return [self._instance(i, instance, images.get(i))
+                    for i, instance in enumerate(instances)]  # fmt: skip
 
-    def _instance(self, index: int, instance: Any) -> np.ndarray:
-        encoded = b64_of(instance, index=index)
-        if encoded is not None:
-            return self.photo_to_tensor(encoded, index=index)
+    def _instance(self, index: int, instance: Any, image: Image.Image | None) -> np.ndarray:
+        if image is not None:
+            return self.photo_to_tensor(image, index=index)
         pixels = numeric_array(instance, "FP32", where=f"instance {index}")
         if pixels.shape != self.shape:
             raise InvalidInput(
@@ -65,14 +65,8 @@ class PhotoClassifierHandler(ClassifierHandler[np.ndarray]):
         if not np.isfinite(pixels).all() or np.abs(pixels).max() > _MAX_ABS_VALUE:
             raise InvalidInput(f"{where}: values must be finite, normalised pixels")
 
-    def photo_to_tensor(self, encoded: str, *, index: int) -> np.ndarray:
-        image = decode_image(
-            encoded,
-            index=index,
-            mode="RGB",
-            max_pixels=self.budget.max_pixels,
-            draft_size=(self.resize, self.resize),
-        )
+    def photo_to_tensor(self, image: Image.Image, *, index: int) -> np.ndarray:
+        image = converted(image, index=index, mode="RGB", draft_size=(self.resize, self.resize))
         scale = self.resize / min(image.size)
         size = (
             max(self.crop, round(image.width * scale)),
