@@ -214,13 +214,13 @@ class DynamicBatcher(Generic[In, Out]):
 
     async def _start(self, batch: list[_Pending[In, Out]]) -> None:
         """Start computing `batch`; return when the next batch may start."""
-        self._overlap = asyncio.Event()
+        # Set by overlap(), or when the batch is done: one wait, and no task to wait with.
+        turn = self._overlap = asyncio.Event()
         task = asyncio.create_task(self._compute(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        overlapped = asyncio.create_task(self._overlap.wait())
-        await asyncio.wait({task, overlapped}, return_when=asyncio.FIRST_COMPLETED)
-        overlapped.cancel()
+        task.add_done_callback(lambda _: turn.set())
+        await turn.wait()
         while len(self._running) >= MAX_OVERLAPPING_BATCHES:
             await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
 
