@@ -18,7 +18,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class TorchThread:
+class _Threads:
+    """Awaitable calls on a thread pool of one's own."""
+
+    _pool: ThreadPoolExecutor
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+
+class TorchThread(_Threads):
     def __init__(self, *, threads: int) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(
@@ -28,25 +38,17 @@ class TorchThread:
             initargs=(threads,),
         )
 
-    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DecodeThreads:
-    """A few threads for decoding that takes real CPU time (images). On the event loop, one
-    request of large PNGs held a worker for seconds, its health probes included; Pillow
-    releases the GIL while it decodes, so here the loop keeps answering meanwhile."""
+class DecodeThreads(_Threads):
+    """A few threads for decoding that takes real CPU time (images, token counts). On the
+    event loop, one request of large PNGs held a worker for seconds, its health probes
+    included; Pillow releases the GIL while it decodes, so here the loop keeps answering."""
 
     def __init__(self, *, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-
-    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
