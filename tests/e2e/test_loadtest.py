@@ -116,16 +116,12 @@ def test_compare_reads_two_reports_as_ratios(smoke_report: Path, tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(
+    with ServerProcess(
         env={"MODEL_REPOSITORY": str(model_repo)},
         workers=1,
         log_path=tmp_path_factory.mktemp("loadtest-server") / "server.log",
-    )
-    try:
-        process.wait_ready()
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_an_impossible_threshold_fails_the_run(

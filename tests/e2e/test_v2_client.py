@@ -19,16 +19,12 @@ httpclient = pytest.importorskip("tritonclient.http")
 @pytest.fixture(scope="module")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     logs = tmp_path_factory.mktemp("v2-client")
-    process = ServerProcess(
+    with ServerProcess(
         env={"MODEL_REPOSITORY": str(model_repo), "DEVICE": "cpu"},
         workers=1,
         log_path=logs / "server.log",
-    )
-    try:
-        process.wait_ready()
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_health_and_metadata(server: ServerProcess) -> None:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def served(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     work = tmp_path_factory.mktemp("schemathesis")
-    server = ServerProcess(
+    with ServerProcess(
         env={
             "MODEL_REPOSITORY": str(model_repo),
             "MODELS": '["digits", "minilm"]',
@@ -34,12 +34,8 @@ def served(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         },
         workers=1,
         log_path=work / "server.log",
-    )
-    try:
-        server.wait_ready()
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_no_generated_request_gets_a_server_error(served: ServerProcess) -> None:
