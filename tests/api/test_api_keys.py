@@ -6,13 +6,13 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from service.config import Settings
 from service.keys.store import create_key, revoke_key
 from service.storage import migrate
 from tests.conftest import SettingsFactory, serve
@@ -27,11 +27,11 @@ BODY = {"instances": [[[0.0] * 8] * 8]}
 @pytest.fixture
 async def keyed(
     make_settings: SettingsFactory, database_url: str, redis_url: str, tmp_path: Path
-) -> AsyncIterator[Any]:
-    """A factory of in-process apps with API_KEYS=required."""
+) -> SettingsFactory:
+    """A factory of settings with API_KEYS=required (the keys table made first)."""
     await migrate.upgrade(database_url)
 
-    def settings(**overrides: Any) -> Any:
+    def settings(**overrides: Any) -> Settings:
         values = {
             "api_keys": "required",
             "database_url": database_url,
@@ -41,7 +41,7 @@ async def keyed(
         }
         return make_settings(**{**values, **overrides})
 
-    yield settings
+    return settings
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -49,7 +49,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def test_a_prediction_needs_a_usable_key(
-    keyed: Any, database_url: str, capfd: pytest.CaptureFixture[str]
+    keyed: SettingsFactory, database_url: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     _, key = create_key(database_url, name="app", models=None, rate_limit=None, expires_at=None)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
@@ -78,7 +78,7 @@ async def test_a_prediction_needs_a_usable_key(
     assert key.split("_")[2] not in logged
 
 
-async def test_a_key_may_be_kept_to_some_models(keyed: Any, database_url: str) -> None:
+async def test_a_key_may_be_kept_to_some_models(keyed: SettingsFactory, database_url: str) -> None:
     _, key = create_key(database_url, name="m", models=["minilm"], rate_limit=None, expires_at=None)
     async with serve(keyed()) as http:
         r = await http.post(PREDICT, json=BODY, headers=bearer(key))
@@ -91,7 +91,9 @@ async def test_a_key_may_be_kept_to_some_models(keyed: Any, database_url: str) -
         ).status_code == 403
 
 
-async def test_a_revoked_key_stops_working_without_a_restart(keyed: Any, database_url: str) -> None:
+async def test_a_revoked_key_stops_working_without_a_restart(
+    keyed: SettingsFactory, database_url: str
+) -> None:
     _, key = create_key(database_url, name="gone", models=None, rate_limit=None, expires_at=None)
     async with serve(keyed()) as http:
         assert (await http.post(PREDICT, json=BODY, headers=bearer(key))).status_code == 200
@@ -104,7 +106,9 @@ async def test_a_revoked_key_stops_working_without_a_restart(keyed: Any, databas
         assert r.status_code == 401
 
 
-async def test_the_key_id_is_in_the_prediction_log(keyed: Any, database_url: str) -> None:
+async def test_the_key_id_is_in_the_prediction_log(
+    keyed: SettingsFactory, database_url: str
+) -> None:
     stored, key = create_key(database_url, name="logged", models=None, rate_limit=None,
                              expires_at=None)  # fmt: skip
     async with serve(keyed()) as http:
@@ -115,7 +119,9 @@ async def test_the_key_id_is_in_the_prediction_log(keyed: Any, database_url: str
     assert row == (stored.key_id,)
 
 
-async def test_a_rate_limit_holds_across_replicas(keyed: Any, database_url: str) -> None:
+async def test_a_rate_limit_holds_across_replicas(
+    keyed: SettingsFactory, database_url: str
+) -> None:
     _, key = create_key(database_url, name="rl", models=None, rate_limit="6/minute",
                         expires_at=None)  # fmt: skip
     # Two apps, as two replicas would be: one Redis counts for both.
@@ -132,7 +138,7 @@ async def test_a_rate_limit_holds_across_replicas(keyed: Any, database_url: str)
 
 @pytest.mark.parametrize(("failure", "status"), [("open", 200), ("closed", 503)])
 async def test_without_redis_the_limit_fails_as_configured(
-    keyed: Any, database_url: str, failure: str, status: int
+    keyed: SettingsFactory, database_url: str, failure: str, status: int
 ) -> None:
     _, key = create_key(database_url, name="f", models=None, rate_limit="1/minute", expires_at=None)
     settings = keyed(redis_url="redis://127.0.0.1:1/0", rate_limit_failure=failure)
