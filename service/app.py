@@ -61,6 +61,7 @@ def build_prediction_log(settings: Settings) -> PredictionLog:
     return PostgresLog(
         conninfo,
         spool_dir=settings.spool_dir,
+        spool_max_bytes=settings.spool_max_bytes,
         queue_size=settings.log_queue_size,
         prepare=prepare if settings.db_auto_upgrade else None,
     )

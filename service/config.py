@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     log_payloads: bool = False
     log_payload_max_bytes: Annotated[int, Field(ge=0)] = 4096
     spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
+    spool_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="the whole spool directory's limit (shared by the replicas that mount it); "
+        "rows beyond it are counted as lost, not written",
+    )
     prediction_lookup: bool = False
     # API keys (`torchdock keys`, kept in Postgres): off in the embedded mode, required in the
     # compose stack. Health and server metadata stay open for probes; /metrics is the

@@ -68,7 +68,8 @@ replace_api_replicas() {
       --no-recreate --scale "api=$((count + 1))" api || return 1
     log "stopping $id"
     docker_cli stop --time 45 "$id" >/dev/null
-    # Without -v: the replica's log spool volume stays, in case it still holds rows.
+    # Its spooled rows, if Postgres is down, stay on the shared api-spool volume, for the
+    # replicas that remain to replay.
     docker_cli rm "$id" >/dev/null
   done
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -27,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from service.observability import metrics
-from service.storage.spool import Spool, open_append, read_lines
+from service.storage.spool import MAX_BYTES, Spool, iter_batches, open_append
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class PostgresLog:
         conninfo: str,
         *,
         spool_dir: Path,
+        spool_max_bytes: int = MAX_BYTES,
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval_s: float = 0.1,
@@ -152,7 +154,7 @@ class PostgresLog:
             kwargs={"connect_timeout": max(1, int(write_timeout_s))},
         )
         self._queue: asyncio.Queue[PredictionRow] = asyncio.Queue(maxsize=queue_size)
-        self._spool = Spool(spool_dir)
+        self._spool = Spool(spool_dir, max_bytes=spool_max_bytes)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._sync_interval_s = sync_interval_s
@@ -327,9 +329,10 @@ class PostgresLog:
         if not self._db_up and not await self._probe():
             return
         self._spool.rotate()
-        for path in self._spool.claim():
-            if not await self._replay(path):
-                break
+        with contextlib.closing(self._spool.claim()) as claimed:
+            for path in claimed:
+                if not await self._replay(path):
+                    break
         metrics.LOG_SPOOL_BYTES.set(self._spool.pending_bytes())
 
     async def _probe(self, *, quiet: bool = False) -> bool:
@@ -367,15 +370,17 @@ class PostgresLog:
             return await cursor.fetchone()
 
     async def _replay(self, path: Path) -> bool:
-        rows = []
-        for line in read_lines(path):
-            try:
-                rows.append(PredictionRow.from_json(line))
-            except (ValueError, TypeError) as e:
-                logger.error("prediction log: unreadable spool line in %s: %s", path.name, e)
-        for start in range(0, len(rows), self._batch_size):
-            if not await self._insert(rows[start : start + self._batch_size], replay=True):
+        replayed = 0
+        for lines in iter_batches(path, self._batch_size):
+            rows = []
+            for line in lines:
+                try:
+                    rows.append(PredictionRow.from_json(line))
+                except (ValueError, TypeError) as e:
+                    logger.error("prediction log: unreadable spool line in %s: %s", path.name, e)
+            if rows and not await self._insert(rows, replay=True):
                 return False  # the file stays; it is claimed again on the next round
+            replayed += len(rows)
         path.unlink()
-        metrics.LOG_ROWS.labels("replayed").inc(len(rows))
+        metrics.LOG_ROWS.labels("replayed").inc(replayed)
         return True

@@ -1,12 +1,17 @@
 """An append-only spool on local disk for prediction-log rows that Postgres could not take.
 
-Each worker appends to its own `active-<owner>.jsonl`, where the owner is `<pid>.<boot id>`
-(a PID can be reused by a later process on the same volume; the boot id cannot). A background
-task fsyncs it in batches. Replay first rotates the active file to `ready-<owner>-<n>.jsonl`,
-then claims ready files (and files of workers that died) by renaming them to
-`replaying-<owner>-...`, so that two live workers never replay the same file. A file is deleted
-only after Postgres committed its rows, and inserts ignore rows already present, so a replay cut
-short by a crash can simply run again.
+Each worker appends to its own `active-<owner>.jsonl` and holds an exclusive `flock` on it for
+as long as it writes it. A background task fsyncs it in batches; at `file_bytes` the file is
+rotated to `ready-<owner>-<n>.jsonl`, so that an outage leaves many small files, not one huge
+one. Replay claims a file by locking it and renaming it to `replaying-<owner>-...`; a file
+whose lock is free belongs to nobody alive. Because a lock, not a PID, says who is alive, the
+directory can be shared by every replica that mounts it (containers have PID namespaces of their
+own): the survivors replay what a removed replica left. A file is deleted only after Postgres
+committed its rows, and inserts ignore rows already present, so a replay cut short by a crash
+can simply run again.
+
+The spool is bounded: past `max_bytes` in the whole directory, `append` refuses rows (the log
+counts them as lost, loudly) instead of filling the disk under every other writer.
 
 Whoever can write the directory can add rows to the log, so only regular files owned by this
 user are ever replayed, nothing is opened through a symlink, and a directory of this user's
@@ -16,6 +21,8 @@ that others may write is made private at start.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -23,53 +30,64 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO
 
-from service.processes import pid_alive
-
 logger = logging.getLogger(__name__)
 
-_OWNER = r"(\d+)\.([0-9a-f]+)"
-_ACTIVE = re.compile(rf"^active-{_OWNER}\.jsonl$")
-_READY = re.compile(rf"^ready-{_OWNER}-\d+\.jsonl$")
-_REPLAYING = re.compile(rf"^replaying-{_OWNER}-.+\.jsonl$")
 _SPOOL_NAME = re.compile(r"^(active|ready|replaying)-.+\.jsonl$")
+# A claimed file keeps the name it had before anyone replayed it.
+_REPLAYING = re.compile(r"^replaying-[^-]+-(?P<original>.+)$")
+FILE_BYTES = 16 * 1024 * 1024
+MAX_BYTES = 1024 * 1024 * 1024
+_OPEN_TRIES = 100
+
+
+class SpoolFull(OSError):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(errno.ENOSPC, f"the spool holds its limit of {max_bytes} bytes")
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int = MAX_BYTES, file_bytes: int = FILE_BYTES
+    ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _make_private(directory)
-        self._pid = os.getpid()
-        self._boot = secrets.token_hex(4)
-        self.owner = f"{self._pid}.{self._boot}"
+        self.owner = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._active = directory / f"active-{self.owner}.jsonl"
+        self._max_bytes = max_bytes
+        self._file_bytes = file_bytes
         self._file: IO[bytes] | None = None
+        self._written = 0  # bytes in the active file
         self._dirty = False
         self._sequence = itertools.count()
         # append() runs on the event loop, sync() in a thread: one lock orders them.
         self._lock = threading.Lock()
-
-    def _is_mine(self, pid: int, boot: str) -> bool:
-        return pid == self._pid and boot == self._boot
-
-    def _owner_alive(self, pid: int, boot: str) -> bool:
-        if pid == self._pid:
-            return boot == self._boot  # same PID, other boot id: a dead earlier process
-        return pid_alive(pid)
+        # The directory's size at the last count, plus what this worker appended since:
+        # other replicas' writes show up at the next count (every replay round).
+        self._known_bytes = 0
+        self.pending_bytes()
 
     def append(self, lines: list[bytes]) -> None:
         """Write rows (one JSON document each) now; `sync()` makes them durable."""
         data = b"".join(line + b"\n" for line in lines)
         with self._lock:
+            if self._known_bytes + len(data) > self._max_bytes:
+                raise SpoolFull(self._max_bytes)
             if self._file is None:
-                self._file = open_append(self._active)
+                self._file = _open_locked(self._active)
+                self._written = 0
             self._file.write(data)
             self._file.flush()
             self._dirty = True
+            self._written += len(data)
+            self._known_bytes += len(data)
+            if self._written >= self._file_bytes:
+                self._rotate_locked()
 
     def sync(self) -> None:
         with self._lock:
@@ -80,39 +98,40 @@ class Spool:
     def rotate(self) -> None:
         """Close the active file and make it replayable."""
         with self._lock:
-            if self._file is None:
-                return
-            os.fsync(self._file.fileno())
-            self._dirty = False
-            self._file.close()
-            self._file = None
-            ready = self.directory / f"ready-{self.owner}-{next(self._sequence)}.jsonl"
-            self._active.rename(ready)
+            self._rotate_locked()
+
+    def _rotate_locked(self) -> None:
+        if self._file is None:
+            return
+        os.fsync(self._file.fileno())
+        self._dirty = False
+        # Renamed while still locked, so that no replayer claims it as a dead worker's.
+        self._active.rename(self.directory / f"ready-{self.owner}-{next(self._sequence)}.jsonl")
+        self._file.close()
+        self._file = None
         _fsync_dir(self.directory)
 
-    def claim(self) -> Iterator[Path]:
-        """Files this worker may replay now, each renamed to mark it as ours."""
+    def claim(self) -> Generator[Path]:
+        """The files nobody alive holds, each locked and renamed to mark it as this worker's.
+
+        A file stays locked until the iterator moves past it (or is closed), by when its
+        replay has deleted it or given up on it: then it waits for the next round.
+        """
         for path in sorted(self.directory.iterdir()):
-            name = path.name
+            if path == self._active or not _SPOOL_NAME.match(path.name):
+                continue
             if not _is_own_file(path):
-                if _SPOOL_NAME.match(name):
-                    logger.error("spool: %s is not a regular file of this user; not replayed", name)
+                logger.error("spool: %s is not a regular file of this user; skipped", path.name)
                 continue
-            if (match := _REPLAYING.match(name)) is not None:
-                pid, boot = int(match.group(1)), match.group(2)
-                if self._is_mine(pid, boot):
-                    yield path  # a replay of ours that failed earlier: retry it as it is
-                    continue
-                if self._owner_alive(pid, boot):
-                    continue  # a live worker is replaying it
-            elif (match := _ACTIVE.match(name)) is not None:
-                if self._owner_alive(int(match.group(1)), match.group(2)):
-                    continue  # still being written
-            elif _READY.match(name) is None:
-                continue
-            claimed = self.directory / f"replaying-{self.owner}-{name}"
-            with contextlib.suppress(FileNotFoundError):  # another worker was faster
-                path.rename(claimed)
+            lock = _try_lock(path)
+            if lock is None:
+                continue  # a live worker writes or replays it
+            with lock:
+                match = _REPLAYING.match(path.name)
+                original = match["original"] if match else path.name
+                claimed = self.directory / f"replaying-{self.owner}-{original}"
+                if claimed != path:
+                    path.rename(claimed)
                 yield claimed
 
     def pending_bytes(self) -> int:
@@ -120,6 +139,8 @@ class Spool:
         for path in self.directory.glob("*.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
+        with self._lock:
+            self._known_bytes = total
         return total
 
     def close(self) -> None:
@@ -130,19 +151,76 @@ class Spool:
                 self._file = None
 
 
+def iter_batches(path: Path, size: int) -> Iterator[list[bytes]]:
+    """The complete lines of a spool file, `size` at a time, without reading it whole.
+
+    A torn last line (a crash mid-write: it was never fsync'd) is dropped."""
+    batch: list[bytes] = []
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                logger.warning("spool file %s ends in a torn line; it was never fsync'd", path.name)
+                break
+            if line := line.rstrip(b"\n"):
+                batch.append(line)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def read_lines(path: Path) -> list[bytes]:
-    """The complete lines of a spool file; a torn last line (a crash mid-write) is dropped."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1]:
-        logger.warning("spool file %s ends in a torn line; it was never fsync'd", path.name)
-    return [line for line in lines[:-1] if line]
+    return [line for batch in iter_batches(path, 1 << 30) for line in batch]
 
 
 def open_append(path: Path) -> IO[bytes]:
     """`path` for appending, created private; never through a symlink (ELOOP instead)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.fdopen(os.open(path, flags, 0o600), "ab")
+
+
+def _open_locked(path: Path) -> IO[bytes]:
+    """`path` for appending, locked by this process, and still the file named `path`.
+
+    Between creating a file and locking it, a replayer may take it for a dead worker's (its
+    lock is free) and claim it; writing on would put rows in a file being deleted. So check
+    that the name still points at the locked file, and start a new one when it does not."""
+    for _ in range(_OPEN_TRIES):
+        f = open_append(path)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a replayer holds it, and renames it away in a moment
+            f.close()
+            time.sleep(0.001)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        f.close()
+    raise OSError(errno.EBUSY, f"could not take {path.name} for writing")
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    """The file, locked, if no live process holds it and `path` still names it."""
+    try:
+        f = open(path, "rb", opener=_open_nofollow)  # noqa: SIM115 (returned, or closed below)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Another worker may have claimed and renamed (or replayed and deleted) it between
+        # our listing and our lock; then the name is gone or is another file.
+        if os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino:
+            return f
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    f.close()
+    return None
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _is_own_file(path: Path) -> bool:

@@ -248,11 +248,19 @@ def test_database_and_cache_outages_fail_no_request_and_lose_no_row(stack: Stack
     with Load(stack, rate=30) as load:
         time.sleep(2)
         stack.compose("stop", "postgres")
-        time.sleep(10)
+        time.sleep(6)
+        # Finding 6: a replica removed during the outage took its spooled rows with it (its
+        # own volume, never replayed). Now they wait on the shared volume for the others.
+        replicas = stack.containers("api")
+        victim = replicas[0]["Id"]
+        docker("stop", "--time", "45", victim)
+        docker("rm", victim)
+        time.sleep(4)
         stack.compose("start", "postgres")
         time.sleep(3)
     assert load.failures == [], load.explain()
     stack.wait_for_rows(timeout=120)
+    stack.script("scale", str(len(replicas)))
 
     with Load(stack, rate=30) as load:
         time.sleep(2)

@@ -103,7 +103,17 @@ def test_the_api_starts_drains_and_rolls_safely(overlay: str) -> None:
     assert pod["topologySpreadConstraints"]
     writable = {m["name"]: m["mountPath"] for m in api["volumeMounts"] if not m.get("readOnly")}
     assert set(writable.values()) == {"/tmp", "/var/lib/torchdock/spool"}
-    assert all("emptyDir" in v for v in pod["volumes"] if v["name"] in writable)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tmp = next(name for name, path in writable.items() if path == "/tmp")
+    assert "emptyDir" in volumes[tmp]
+    # Finding 6: the spool was an emptyDir, gone (with its rows) when the pod went.
+    spool = next(name for name, path in writable.items() if path != "/tmp")
+    claim_name = volumes[spool]["persistentVolumeClaim"]["claimName"]
+    claim = find(objects, "PersistentVolumeClaim", claim_name)
+    shared = "ReadWriteOnce" if overlay == "dev" else "ReadWriteMany"
+    assert claim["spec"]["accessModes"] == [shared]
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    assert size.endswith("Gi") and int(settings["SPOOL_MAX_BYTES"]) < int(size[:-2]) * 1024**3
     # Inside a container the service would count the node's CPUs: workers are set explicitly.
     assert settings["WORKERS"] == "1" and settings["TORCH_THREADS"] == "1"
 
