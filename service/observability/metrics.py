@@ -150,7 +150,8 @@ LOG_QUEUE_DEPTH = Gauge(
 )
 LOG_ROWS = Counter(
     "torchdock_prediction_log_rows_total",
-    "Prediction-log rows by outcome: written, spooled (to local disk), replayed (spool to DB).",
+    "Prediction-log rows by outcome: written, spooled (to local disk), replayed (spool to DB), "
+    "dead_letter (refused by Postgres), lost (refused by the spool too).",
     ("outcome",),
 )
 LOG_WRITE_ERRORS = Counter(
@@ -159,8 +160,9 @@ LOG_WRITE_ERRORS = Counter(
 )
 LOG_SPOOL_BYTES = Gauge(
     "torchdock_prediction_log_spool_bytes",
-    "Bytes of prediction-log rows waiting in the local spool for Postgres.",
-    multiprocess_mode="livesum",
+    "Bytes of prediction-log rows waiting in the spool directory for Postgres (all of it: "
+    "every worker and replica that shares it reports the same directory).",
+    multiprocess_mode="livemax",
 )
 
 API_KEYS_LOADED = Gauge(
