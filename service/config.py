@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     worker_timeout_s: Annotated[int, Field(ge=1)] = 120
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
     keepalive_s: Annotated[int, Field(ge=1)] = 5
+    # nginx bounds the request head in front; these bound it at the port itself (8000).
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="the request line and headers, at most (431)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long a request head may take to arrive (408)"
+    )
     drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
     forwarded_allow_ips: str = "127.0.0.1"
     replica_id: str = Field(default_factory=lambda: os.uname().nodename)

@@ -14,12 +14,12 @@ from uvicorn_worker import UvicornWorker
 
 from service.config import Settings
 from service.server.fair_accept import FairAcceptServer
+from service.server.http_limits import limited_protocol
 
 
 class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto",
-        "http": "auto",
         "lifespan": "on",
         "server_header": False,
         "access_log": False,  # the app writes its own access line, with the request id
@@ -30,6 +30,10 @@ class TorchdockWorker(UvicornWorker):  # type: ignore[misc]
         # uvicorn waits for in-flight requests forever unless told otherwise; stop just before
         # gunicorn's own graceful timeout would SIGKILL the worker.
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+        settings: Settings = self.app.settings
+        self.config.http = limited_protocol(
+            max_head_bytes=settings.max_header_bytes, head_timeout_s=settings.header_timeout_s
+        )
 
     async def _serve(self) -> None:
         # uvicorn_worker's own _serve, with a server that balances connections across workers.
