@@ -353,6 +353,27 @@ def test_security(stack: Stack) -> None:
     )
     refused = docker("exec", api["Id"], "python3", "-c", ping, check=False)
     assert refused.stdout.startswith("refused:"), refused.stdout + refused.stderr
+    # Finding 9: with FORWARDED_ALLOW_IPS="*", any container that reached port 8000 named the
+    # client address the log records. Only nginx's header is believed now.
+    peer = stack.containers("api")[1]
+    peer_ip = peer["NetworkSettings"]["Networks"][f"{stack.project}_backend"]["IPAddress"]
+    api_ip = api["NetworkSettings"]["Networks"][f"{stack.project}_backend"]["IPAddress"]
+    forge = (
+        "import json, sys, urllib.request\n"
+        f"request = urllib.request.Request('http://{peer_ip}:8000{DIGITS}', method='POST', "
+        "data=json.dumps({'instances': [[0] * 64]}).encode(), headers={"
+        "'Content-Type': 'application/json', 'X-Forwarded-For': '203.0.113.9', "
+        "'Authorization': 'Bearer ' + sys.stdin.read()})\n"
+        "print(urllib.request.urlopen(request, timeout=10).headers['X-Prediction-ID'])"
+    )
+    forged = docker("exec", "--interactive", api["Id"], "python3", "-c", forge,
+                    input_text=stack.api_key)  # fmt: skip
+    prediction_id = forged.stdout.strip()
+    stack.logged += 1
+    logged_as = f"SELECT client_addr FROM predictions WHERE prediction_id = '{prediction_id}'"
+    wait_until(lambda: stack.psql(logged_as) != "", 30, "the forged request logged")
+    assert stack.psql(logged_as) == api_ip
+
     # No secret is in any container's configuration (environment, command, labels).
     secrets = stack.secret_values()
     configs = docker("inspect", *[c["Id"] for c in everything]).stdout
