@@ -3,6 +3,7 @@ topology's rules, and the overrides that must change nothing but what they are f
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -75,6 +76,26 @@ def test_production_rules(docker_engine: None) -> None:
             assert dependency["condition"] == "service_healthy", name
         if name != "nginx-exporter":  # FROM scratch: nothing to probe with (README)
             assert service["healthcheck"]["test"], name
+
+
+def test_what_the_api_trusts_and_shares(docker_engine: None) -> None:
+    config = resolved()
+    services = config["services"]
+    # Finding 9: FORWARDED_ALLOW_IPS was "*", so every container that reaches port 8000 could
+    # name the client. It is nginx's fixed address, which Docker never hands to another.
+    nginx_address = ipaddress.ip_address(services["nginx"]["networks"]["frontend"]["ipv4_address"])
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == str(nginx_address)
+    (pool,) = config["networks"]["frontend"]["ipam"]["config"]
+    assert nginx_address in ipaddress.ip_network(pool["subnet"])
+    assert nginx_address not in ipaddress.ip_network(pool["ip_range"])
+    # Finding 6: each replica's spool was its own anonymous volume, never replayed once the
+    # replica was gone. They share one named volume now.
+    (spool,) = [v for v in services["api"]["volumes"] if v["target"] == "/var/lib/torchdock/spool"]
+    assert spool["type"] == "volume" and spool["source"] == "api-spool"
+    # cAdvisor mounted all of /var/run; it needs Docker's socket only.
+    cadvisor = {v["source"]: v for v in services["cadvisor"]["volumes"]}
+    assert "/var/run" not in cadvisor and "/var/run/docker.sock" in cadvisor
+    assert all(v["read_only"] for v in cadvisor.values())
 
 
 def test_required_variables_fail_fast(docker_engine: None) -> None:
