@@ -353,6 +353,19 @@ def test_security(stack: Stack) -> None:
     )
     refused = docker("exec", api["Id"], "python3", "-c", ping, check=False)
     assert refused.stdout.startswith("refused:"), refused.stdout + refused.stderr
+    # Finding 9: the api's Redis login could FLUSHALL and CONFIG SET. It is the torchdock user
+    # now: its own keys, and no dangerous command.
+    acl = (
+        "import redis\nfrom service.config import Settings\n"
+        "r = redis.Redis.from_url(Settings().redis_connection_url(), socket_timeout=5)\n"
+        "print(r.acl_whoami(), r.set('torchdock:e2e', 1, ex=60))\n"
+        "for command in (('FLUSHALL',), ('CONFIG', 'SET', 'maxmemory', '1'), ('GET', 'other'),\n"
+        "                ('KEYS', '*'), ('SCRIPT', 'FLUSH')):\n"
+        "    try:\n        r.execute_command(*command)\n        print('ALLOWED', command)\n"
+        "    except redis.exceptions.NoPermissionError:\n        print('refused')"
+    )
+    answers = docker("exec", api["Id"], "python3", "-c", acl).stdout.split("\n")
+    assert answers[:-1] == ["torchdock True"] + ["refused"] * 5, answers
     # Finding 9: with FORWARDED_ALLOW_IPS="*", any container that reached port 8000 named the
     # client address the log records. Only nginx's header is believed now.
     peer = stack.containers("api")[1]
