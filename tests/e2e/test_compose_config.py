@@ -53,8 +53,10 @@ def test_the_local_override_changes_only_where_images_come_from(docker_engine: N
 def test_production_images_are_pinned_by_digest(docker_engine: None) -> None:
     every_profile = resolved(COMPOSE_PROFILES="dashboards,cadvisor")["services"]
     assert {"grafana", "cadvisor", "alertmanager"} <= set(every_profile)
+    # db-admin runs the api's image: whichever release TORCHDOCK_IMAGE names.
+    assert every_profile["db-admin"]["image"] == every_profile["api"]["image"]
     for name, service in every_profile.items():
-        if name != "api":
+        if name not in {"api", "db-admin"}:
             assert "@sha256:" in service["image"] and ":" in service["image"].split("@")[0], name
 
 
@@ -64,18 +66,28 @@ def test_production_rules(docker_engine: None) -> None:
     assert published == {"nginx", "prometheus"}
     assert [p["host_ip"] for p in services["prometheus"]["ports"]] == ["127.0.0.1"]
     assert services["api"]["deploy"]["replicas"] == 3
+    # Runs to completion at each `up` (the migrations): its health is its exit status.
+    one_shots = {"db-admin"}
     for name, service in services.items():
         assert "container_name" not in service, name
         limits = service["deploy"]["resources"]["limits"]
         assert limits["cpus"] and limits["memory"], name
         assert service["logging"]["options"]["max-size"], name
-        assert service["restart"] == "unless-stopped", name
+        assert service["restart"] == ("on-failure:5" if name in one_shots else "unless-stopped")
         assert service["read_only"] is True, name
         assert "no-new-privileges:true" in service["security_opt"], name
-        for dependency in service.get("depends_on", {}).values():
-            assert dependency["condition"] == "service_healthy", name
-        if name != "nginx-exporter":  # FROM scratch: nothing to probe with (README)
+        for dependency, condition in service.get("depends_on", {}).items():
+            expected = "completed_successfully" if dependency in one_shots else "healthy"
+            assert condition["condition"] == f"service_{expected}", name
+        if name not in {"nginx-exporter", *one_shots}:  # nginx-exporter: FROM scratch (README)
             assert service["healthcheck"]["test"], name
+    # Finding 9: the api's role owned the database. It is a member of torchdock_app now, and
+    # only db-admin has the owner's password.
+    secrets = {name: {s["source"] for s in service.get("secrets", [])}
+               for name, service in services.items()}  # fmt: skip
+    owners = {name for name, held in secrets.items() if "db_owner_password" in held}
+    assert owners == {"db-admin", "postgres"}
+    assert services["api"]["environment"]["DB_AUTO_UPGRADE"] == "false"
 
 
 def test_what_the_api_trusts_and_shares(docker_engine: None) -> None:
