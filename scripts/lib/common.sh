@@ -13,16 +13,15 @@ TORCH_VERSION="2.13.0"
 # Where torch's CPU wheels come from when no local wheelhouse (PIP_FIND_LINKS) has one.
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 
-# install_torch PIP_COMMAND...: the CPU build of torch, pinned, from a local wheelhouse
-# (PIP_FIND_LINKS) when it holds the wheel, else from TORCH_INDEX_URL. Its own dependencies
-# come from PyPI.
+# install_torch PIP_COMMAND...: the CPU build of torch, pinned, alone (--no-deps), from a local
+# wheelhouse (PIP_FIND_LINKS) when it holds the wheel, else from TORCH_INDEX_URL and no other
+# index: an extra index would let a package of the same name on PyPI win. Its dependencies
+# come from PyPI with the project's.
 install_torch() {
   local spec="torch==${TORCH_VERSION}+cpu"
-  if "$@" install --no-index --no-deps "$spec" >/dev/null 2>&1; then
-    "$@" install "$spec"
-  else
+  if ! "$@" install --no-index --no-deps "$spec" >/dev/null 2>&1; then
     log "no local torch wheel; installing $spec from $TORCH_INDEX_URL"
-    "$@" install --extra-index-url "$TORCH_INDEX_URL" "$spec"
+    "$@" install --index-url "$TORCH_INDEX_URL" --no-deps "$spec"
   fi
 }
 

@@ -41,8 +41,7 @@ class Stack:
 
     @property
     def auth(self) -> dict[str, str]:
-        # Swarm's stack file leaves API keys off: no key, no header.
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def client(self) -> httpx.Client:
         """A client that sends the stack's API key."""

@@ -387,6 +387,13 @@ def test_security(stack: Stack) -> None:
     wait_until(lambda: stack.psql(logged_as) != "", 30, "the forged request logged")
     assert stack.psql(logged_as) == api_ip
 
+    # Finding 9: the api's Postgres role owned the database. Now it may add and read rows only.
+    for statement in ("DROP TABLE predictions", "DELETE FROM predictions", "DELETE FROM api_keys"):
+        denied = docker("exec", postgres["Id"], "psql", "--username=torchdock",
+                        "--dbname=torchdock", "--command", statement, check=False)  # fmt: skip
+        assert denied.returncode != 0, statement
+        assert "must be owner" in denied.stderr or "permission denied" in denied.stderr, statement
+
     # No secret is in any container's configuration (environment, command, labels).
     secrets = stack.secret_values()
     configs = docker("inspect", *[c["Id"] for c in everything]).stdout

@@ -77,7 +77,11 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         swarm(env, "deploy")
         print(f"{STACK}: deployed in {time.monotonic() - started:.0f} s")
         stack = Stack(STACK, env, http_port, prometheus_port=0)
+        # API keys are on here as in compose: a key made in an api task, taken by every one.
+        stack.api_key = swarm(env, "keys", "create", "--name", "e2e",
+                              "--rate-limit", "100000/second").strip()  # fmt: skip
         wait_until(lambda: stack_answers(stack), 120, "nginx serving the api on the swarm")
+        stack.wait_for_key()
         yield stack
     finally:
         docker("stack", "rm", STACK, check=False)
@@ -99,7 +103,7 @@ def stack_containers(*, running: bool) -> list[str]:
 
 
 def stack_answers(stack: Stack) -> bool:
-    response = httpx.post(f"{stack.url}/v1/models/digits:predict",
+    response = httpx.post(f"{stack.url}/v1/models/digits:predict", headers=stack.auth,
                           json={"instances": [[0] * 64]}, timeout=5)  # fmt: skip
     return response.status_code == 200
 
