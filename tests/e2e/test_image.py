@@ -289,7 +289,7 @@ def test_a_source_change_reuses_the_dependency_layer(image: str, tmp_path: Path)
         parts = line.split(" ", 2)
         if len(parts) == 3 and parts[0].startswith("#") and parts[1].startswith("["):
             steps[parts[0]] = parts[2]
-    dependency = [s for s, text in steps.items() if "pip uninstall -y torchdock" in text]
+    dependency = [s for s, text in steps.items() if "-r requirements.lock" in text]
     source = [s for s, text in steps.items() if "pip wheel --no-deps" in text]
     assert dependency and source, log.stderr[-3000:]
     assert f"{dependency[0]} CACHED" in log.stderr

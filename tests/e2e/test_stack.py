@@ -98,6 +98,10 @@ def test_every_service_becomes_healthy(stack: Stack) -> None:
         if listed.startswith("[")
         else [json.loads(line) for line in listed.splitlines()]
     )
+    # db-admin ran the migrations before the replicas started, and exited.
+    (migrated,) = [c for c in containers if c["Service"] == "db-admin"]
+    assert migrated["State"] == "exited" and migrated["ExitCode"] == 0, migrated
+    containers = [c for c in containers if c is not migrated]
     assert {c["Service"] for c in containers} == SERVICES
     assert Counter(c["Service"] for c in containers)["api"] == 3
     for c in containers:
@@ -358,14 +362,14 @@ def test_security(stack: Stack) -> None:
     acl = (
         "import redis\nfrom service.config import Settings\n"
         "r = redis.Redis.from_url(Settings().redis_connection_url(), socket_timeout=5)\n"
-        "print(r.acl_whoami(), r.set('torchdock:e2e', 1, ex=60))\n"
+        "print(r.set('torchdock:e2e', 1, ex=60))\n"
         "for command in (('FLUSHALL',), ('CONFIG', 'SET', 'maxmemory', '1'), ('GET', 'other'),\n"
         "                ('KEYS', '*'), ('SCRIPT', 'FLUSH')):\n"
         "    try:\n        r.execute_command(*command)\n        print('ALLOWED', command)\n"
         "    except redis.exceptions.NoPermissionError:\n        print('refused')"
     )
     answers = docker("exec", api["Id"], "python3", "-c", acl).stdout.split("\n")
-    assert answers[:-1] == ["torchdock True"] + ["refused"] * 5, answers
+    assert answers[:-1] == ["True"] + ["refused"] * 5, answers
     # Finding 9: with FORWARDED_ALLOW_IPS="*", any container that reached port 8000 named the
     # client address the log records. Only nginx's header is believed now.
     peer = stack.containers("api")[1]
