@@ -36,6 +36,8 @@ class Stack:
         self.url = f"http://127.0.0.1:{http_port}"
         self.prometheus = f"http://127.0.0.1:{prometheus_port}"
         self.logged = 0  # prediction responses that came from a replica: one row each
+        # Prediction ids of requests sent to a replica directly, past nginx (and its log).
+        self.direct: set[str] = set()
         self.api_key = ""  # made once the compose stack is up, which wants one
         self._lock = threading.Lock()
 
@@ -137,7 +139,7 @@ class Stack:
         ]
         answered = [entry for entry in posts if entry["prediction_id"]]
         ids = {entry["prediction_id"] for entry in answered}
-        lines = [f"row of no answered POST: {i}" for i in rows.keys() - ids]
+        lines = [f"row of no answered POST: {i}" for i in rows.keys() - ids - self.direct]
         # Refused before any prediction began (no key, a key over its rate): no row is due.
         lines += [f"no prediction id: {json.dumps(e)}" for e in posts
                   if not e["prediction_id"] and e["status"] not in (401, 403, 429)]  # fmt: skip

@@ -387,6 +387,7 @@ def test_security(stack: Stack) -> None:
                     input_text=stack.api_key)  # fmt: skip
     prediction_id = forged.stdout.strip()
     stack.logged += 1
+    stack.direct.add(prediction_id)
     logged_as = f"SELECT client_addr FROM predictions WHERE prediction_id = '{prediction_id}'"
     wait_until(lambda: stack.psql(logged_as) != "", 30, "the forged request logged")
     assert stack.psql(logged_as) == api_ip

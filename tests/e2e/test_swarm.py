@@ -166,8 +166,8 @@ def test_the_stack_file_keeps_the_compose_topology() -> None:
     """Same services, images and healthchecks as compose.yml, except the optional ones."""
     stack = yaml.safe_load((ROOT / "compose" / "stack.yml").read_text())["services"]
     compose = yaml.safe_load((ROOT / "compose" / "compose.yml").read_text())["services"]
-    # db-admin is a one-shot that compose's api waits on; Swarm cannot order services, so its
-    # api migrates the schema itself.
+    # db-admin is a one-shot that compose's api waits on; Swarm cannot order services, so
+    # scripts/swarm runs the migrations itself, in a one-off container.
     optional = {"cadvisor", "grafana", "locust-master", "locust-worker", "db-admin"}
     assert set(stack) == set(compose) - optional
     for name, service in stack.items():
@@ -179,6 +179,9 @@ def test_the_stack_file_keeps_the_compose_topology() -> None:
             "healthcheck", {}
         ).get("test"), name
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+    # As in compose, the api's role may not change the schema, and has no owner's password.
+    assert stack["api"]["environment"]["DB_AUTO_UPGRADE"] == "false"
+    assert "db_owner_password" not in stack["api"]["secrets"]
     api = stack["api"]["deploy"]
     assert api["update_config"]["order"] == "start-first"
     assert api["update_config"]["failure_action"] == "rollback"
