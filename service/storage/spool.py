@@ -170,10 +170,6 @@ def iter_batches(path: Path, size: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def read_lines(path: Path) -> list[bytes]:
-    return [line for batch in iter_batches(path, 1 << 30) for line in batch]
-
-
 def open_append(path: Path) -> IO[bytes]:
     """`path` for appending, created private; never through a symlink (ELOOP instead)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -194,9 +190,8 @@ def _open_locked(path: Path) -> IO[bytes]:
             f.close()
             time.sleep(0.001)
             continue
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
+        if _still_named(path, f):
+            return f
         f.close()
     raise OSError(errno.EBUSY, f"could not take {path.name} for writing")
 
@@ -211,12 +206,20 @@ def _try_lock(path: Path) -> IO[bytes] | None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         # Another worker may have claimed and renamed (or replayed and deleted) it between
         # our listing and our lock; then the name is gone or is another file.
-        if os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino:
+        if _still_named(path, f):
             return f
-    except (BlockingIOError, FileNotFoundError):
+    except BlockingIOError:
         pass
     f.close()
     return None
+
+
+def _still_named(path: Path, f: IO[bytes]) -> bool:
+    """Whether `path` still names the file `f` has open (not gone, nor another file)."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _open_nofollow(path: str, flags: int) -> int:
