@@ -73,3 +73,23 @@ replace_api_replicas() {
     docker_cli rm "$id" >/dev/null
   done
 }
+
+# stack_down [compose down options]: compose down, and where that fails on a network that "has
+# active endpoints" left by containers that are gone (dockerd keeps one now and then when a
+# container is removed while it starts: moby issue 17217), force those stale endpoints off the
+# project's networks and go again. Endpoints of containers that still exist are left alone.
+stack_down() {
+  compose down --remove-orphans "$@" && return 0
+  local network endpoint
+  for network in $(docker_cli network ls --quiet \
+    --filter "label=com.docker.compose.project=$(project_name)"); do
+    # Docker finds a stale endpoint by its name, not by the id it is listed under.
+    for endpoint in $(docker_cli network inspect \
+      --format '{{range .Containers}}{{.Name}} {{end}}' "$network"); do
+      docker_cli container inspect "$endpoint" >/dev/null 2>&1 && continue
+      log "forcing the stale endpoint $endpoint off network $network"
+      docker_cli network disconnect --force "$network" "$endpoint"
+    done
+  done
+  compose down --remove-orphans "$@"
+}
