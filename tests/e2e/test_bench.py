@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
     raw = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "loadtests.bench", "--repository", str(model_repo)]
+    command = [sys.executable, "-m", "benchmarks.bench", "--repository", str(model_repo)]
     command += ["--seconds", "1", "--ceiling-seconds", "0.3", "--concurrency", "1", "4"]
     command += ["--batch-sizes", "1", "4", "--only", "off", "--only", "default"]
     command += ["--json", str(raw)]
@@ -31,3 +31,35 @@ def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
     off, default = figures["runs"]
     assert all(p["mean_batch"] == 1.0 for p in off["points"])
     assert all(r > 0 for r in default["rss_mb"])
+
+
+def test_bench_runs_the_peers_side_by_side(model_repo: Path, tmp_path: Path) -> None:
+    """Infinity (ONNX engine) and LitServe from their own venvs, each checked against
+    sentence-transformers, then torchdock again; a table and a plot of all of them."""
+    raw, plot = tmp_path / "bench.json", tmp_path / "side.png"
+    command = [sys.executable, "-m", "benchmarks.bench", "--repository", str(model_repo)]
+    command += ["--seconds", "1", "--ceiling-seconds", "0.3", "--concurrency", "4"]
+    command += ["--batch-sizes", "4", "--only", "default", "--peer", "infinity", "--peer"]
+    command += ["litserve", "--infinity-engines", "optimum", "--infinity-batch-sizes", "8"]
+    command += ["--plot", str(plot), "--json", str(raw)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| Infinity's best |" in completed.stdout
+    assert "| LitServe's best |" in completed.stdout
+    figures = json.loads(raw.read_text())
+    peers = figures["peers"]
+    assert [p["label"] for p in peers] == [
+        "Infinity optimum, batch 8 (fp32, ONNX Runtime)",
+        "LitServe, max batch 32, 5 ms (fp32)",
+    ]
+    ours = figures["runs"]
+    assert [r["label"] for r in ours] == [
+        "batching on, default",
+        "batching on, default, again after the peers",
+    ]
+    for run in [*peers, *ours]:
+        assert all(p["errors"] == 0 and p["rps"] > 0 for p in run["points"]), run
+        # The same weights in fp32 everywhere: every server agrees with the reference.
+        assert run["min_cosine"] > 0.9999, run
+    assert all(sum(p["rss_mb"]) > 50 for p in peers)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

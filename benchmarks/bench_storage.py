@@ -1,6 +1,6 @@
 """What the Redis cache and the Postgres log cost and gain, side by side in one run.
 
-    .venv/bin/python -m loadtests.bench_storage --redis-url redis://127.0.0.1:6379/14 \\
+    .venv/bin/python -m benchmarks.bench_storage --redis-url redis://127.0.0.1:6379/14 \\
         --database-url postgresql://postgres@127.0.0.1:5432/test
 
 For each model, at one concurrency: no cache and no log; the log on; the cache on with every
@@ -18,8 +18,8 @@ from pathlib import Path
 import orjson
 import redis
 
-from loadtests.bench import HOST, Server, ensure_repository
-from loadtests.httpload import LoadResult, build_request, run_load
+from benchmarks.bench import HOST, Server, ensure_repository
+from benchmarks.httpload import LoadResult, build_request, run_load
 from loadtests.payloads import sentences
 
 

@@ -1,6 +1,6 @@
 """Soak minilm at a fixed concurrency and watch each worker's RSS for growth.
 
-    .venv/bin/python -m loadtests.soak [--minutes 10] [--concurrency 32]
+    .venv/bin/python -m benchmarks.soak [--minutes 10] [--concurrency 32]
 
 RSS is sampled every `--interval` seconds. Growth is measured from the end of the warm-up to
 the end of the run, per worker; the exit code is 1 when it exceeds `--max-growth`.
@@ -13,8 +13,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from loadtests.bench import HOST, Server, ensure_repository, requests_for
-from loadtests.httpload import run_load
+from benchmarks.bench import HOST, Server, ensure_repository, requests_for
+from benchmarks.httpload import run_load
 
 
 def main(argv: list[str] | None = None) -> int:

