@@ -44,8 +44,8 @@ def test_bench_runs_the_peers_side_by_side(model_repo: Path, tmp_path: Path) -> 
     command += ["--plot", str(plot), "--json", str(raw)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| Infinity's best |" in completed.stdout
-    assert "| LitServe's best |" in completed.stdout
+    assert "| PRECISION=fp32 ÷ Infinity |" in completed.stdout
+    assert "| PRECISION=fp32 ÷ LitServe |" in completed.stdout
     figures = json.loads(raw.read_text())
     peers = figures["peers"]
     assert [p["label"] for p in peers] == [
