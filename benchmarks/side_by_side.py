@@ -4,7 +4,6 @@ sentence-transformers in fp32 before its load."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import httpx
 import numpy as np
 import orjson
 
-from benchmarks.httpload import LoadResult, run_load
-from benchmarks.peers import HOST, PeerServer
+from benchmarks.httpload import LoadResult, measure
+from benchmarks.peers import PeerServer
 
 # Held-out sentences for the accuracy check: the numbered corpus variants the load sends are
 # short, so longer and odder texts join them.
@@ -80,15 +79,7 @@ def run_peer(
         run.min_cosine = min_cosine(server.embed(accuracy_texts(texts)), reference)
         requests = server.requests(texts)
         for concurrency in concurrencies:
-            result = asyncio.run(
-                run_load(
-                    host=HOST,
-                    port=server.port,
-                    requests=requests,
-                    concurrency=concurrency,
-                    seconds=seconds,
-                )
-            )
+            result = measure(server.port, requests, concurrency, seconds)
             run.points.append(result)
         run.rss_mb = server.rss_mb()
     finally:
@@ -96,10 +87,11 @@ def run_peer(
     return run
 
 
-def report(ours: list[SideRun], peers: list[SideRun]) -> str:
+def report(ours: list[SideRun], peers: list[SideRun], texts: str = "uniform") -> str:
     """The table, and torchdock's best against each peer's best at every concurrency."""
     lines = [
-        "## Side by side: the same texts, load generator and CPUs for every server",
+        f"## Side by side ({texts} texts): the same texts, load generator and CPUs for every"
+        " server",
         "",
         "Accuracy: the minimum cosine, over held-out texts, of the server's embedding to"
         " sentence-transformers' own in fp32.",

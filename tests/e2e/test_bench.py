@@ -17,12 +17,13 @@ def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "benchmarks.bench", "--repository", str(model_repo)]
     command += ["--seconds", "1", "--ceiling-seconds", "0.3", "--concurrency", "1", "4"]
     command += ["--batch-sizes", "1", "4", "--only", "off", "--only", "default"]
-    command += ["--json", str(raw)]
+    command += ["--texts", "mixed", "--json", str(raw)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Best ceiling" in completed.stdout
     assert "of ceiling next to it" in completed.stdout
     figures = json.loads(raw.read_text())
+    assert figures["texts"] == "mixed"
     assert all(v > 0 for ceiling in figures["ceilings"].values() for v in ceiling.values())
     points = [p for run in figures["runs"] for p in run["points"]]
     assert len(points) == 4
