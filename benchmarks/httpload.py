@@ -108,10 +108,22 @@ async def run_load(
     return LoadResult(concurrency, seconds, counts[0], counts[1], latencies, cpu)
 
 
-def measure(port: int, requests: Sequence[bytes], concurrency: int, seconds: float) -> LoadResult:
+def measure(
+    port: int,
+    requests: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    *,
+    warmup_s: float = 1.0,
+) -> LoadResult:
     """One point of a benchmark against a server on 127.0.0.1, from synchronous code."""
     return asyncio.run(
         run_load(
-            host="127.0.0.1", port=port, requests=requests, concurrency=concurrency, seconds=seconds
+            host="127.0.0.1",
+            port=port,
+            requests=requests,
+            concurrency=concurrency,
+            seconds=seconds,
+            warmup_s=warmup_s,
         )
     )

@@ -9,12 +9,11 @@ the end of the run, per worker; the exit code is 1 when it exceeds `--max-growth
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench import HOST, Server, ensure_repository, requests_for
-from benchmarks.httpload import run_load
+from benchmarks.bench import Server, ensure_repository, requests_for
+from benchmarks.httpload import measure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,16 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = 0.0
         total = args.minutes * 60
         while elapsed < total:
-            result = asyncio.run(
-                run_load(
-                    host=HOST,
-                    port=server.port,
-                    requests=requests,
-                    concurrency=args.concurrency,
-                    seconds=args.interval,
-                    warmup_s=0.0,
-                )
-            )
+            result = measure(server.port, requests, args.concurrency, args.interval, warmup_s=0)
             elapsed += args.interval
             rss = server.worker_rss_mb()
             samples.append((elapsed, rss, result.rps, result.errors))
