@@ -71,13 +71,16 @@ def mixed_texts() -> list[str]:
 TEXT_PROFILES = {"uniform": distinct_texts, "mixed": mixed_texts}
 
 
-def ensure_repository(path: Path | None) -> Path:
+def ensure_repository(path: Path | None, models: Iterable[str] = ("minilm",)) -> Path:
+    """The given repository, else a new one with the bundled `models` built into it."""
     if path is not None:
         return path
-    from service.packaging.bundled import minilm
+    from service.packaging.bundled import digits, minilm
 
+    builders = {"digits": digits.build, "minilm": minilm.build}
     root = Path(tempfile.mkdtemp(prefix="torchdock-bench-"))
-    minilm.build(root)
+    for model in models:
+        builders[model](root)
     return root
 
 

@@ -10,7 +10,6 @@ request a miss (unique inputs); the cache on with every request a hit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ import orjson
 import redis
 
 from benchmarks.bench import HOST, Server, ensure_repository
-from benchmarks.httpload import LoadResult, build_request, run_load
+from benchmarks.httpload import LoadResult, build_request, measure
 from loadtests.payloads import sentences
 
 
@@ -54,25 +53,8 @@ def _measure(
         path = f"/v1/models/{model}:predict"
         requests = [build_request(HOST, server.port, path, b) for b in bodies]
         if warm:  # put every input in the cache first
-            asyncio.run(
-                run_load(
-                    host=HOST,
-                    port=server.port,
-                    requests=requests,
-                    concurrency=4,
-                    seconds=max(2.0, len(requests) / 100),
-                    warmup_s=0,
-                )
-            )
-        return asyncio.run(
-            run_load(
-                host=HOST,
-                port=server.port,
-                requests=requests,
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
-        )
+            measure(server.port, requests, 4, max(2.0, len(requests) / 100), warmup_s=0)
+        return measure(server.port, requests, args.concurrency, args.seconds)
     finally:
         server.stop()
 
@@ -81,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--database-url", required=True)
-    parser.add_argument("--models", nargs="+", default=["digits", "minilm"])
+    parser.add_argument(
+        "--models", nargs="+", default=["digits", "minilm"], choices=["digits", "minilm"]
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repository", type=Path)
     args = parser.parse_args(argv)
-    repository = ensure_repository(args.repository)
+    repository = ensure_repository(args.repository, args.models)
     spool = tempfile.mkdtemp(prefix="torchdock-bench-spool-")
     log_env = {"DATABASE_URL": args.database_url, "SPOOL_DIR": spool}
     cache_env = {"REDIS_URL": args.redis_url}

@@ -64,3 +64,18 @@ def test_bench_runs_the_peers_side_by_side(model_repo: Path, tmp_path: Path) -> 
         assert run["min_cosine"] > 0.9999, run
     assert all(sum(p["rss_mb"]) > 50 for p in peers)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_storage_bench_builds_its_models_and_reports(redis_url: str, database_url: str) -> None:
+    """With no --repository it builds the models it measures (it once built minilm alone, and
+    every digits request got a 404), and every setting serves without errors."""
+    command = [sys.executable, "-m", "benchmarks.bench_storage", "--redis-url", redis_url]
+    command += ["--database-url", database_url, "--models", "digits", "--seconds", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines()
+            if line.startswith("| digits |")]  # fmt: skip
+    assert [r[1].strip() for r in rows] == [
+        "no cache, no log", "log on", "cache on, all misses", "cache on, all hits",
+    ]  # fmt: skip
+    assert all(int(r[2].replace(",", "")) > 0 and r[5].strip() == "0" for r in rows), rows
