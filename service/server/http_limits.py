@@ -20,6 +20,10 @@ from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from service.observability.logging import request_id_var
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# After a refusal, how long the rest of what the client is still sending is read and dropped.
+# Closing with unread bytes makes the kernel send a reset, which can discard the refusal
+# before the client reads it (nginx's lingering close, for the same reason).
+LINGER_S = 2.0
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -30,6 +34,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._awaiting_head = True
+        self._lingering = False
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.head_timeout_s, self._head_too_slow
         )
@@ -39,6 +44,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         super().data_received(data)
         if not self._awaiting_head or self.transport.is_closing():
             return
@@ -94,7 +101,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close",
         ]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        self.transport.close()
+        # Half-close: the refusal and a FIN go out; what still arrives is dropped until the
+        # client closes its side or LINGER_S passes.
+        self._lingering = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def limited_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type[Any]:
