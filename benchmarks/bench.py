@@ -44,7 +44,8 @@ from benchmarks.httpload import LoadResult, build_request, measure
 from benchmarks.peers import PeerPlan, peer_servers
 from loadtests import payloads
 from loadtests.report import cpu_model
-from service.config import available_cpus, load_settings
+from service.config import RuntimeSetting, available_cpus, load_settings
+from service.runtime.manifest import ModelPrecision
 
 HOST = "127.0.0.1"
 DISTINCT_TEXTS = 2048
@@ -71,17 +72,31 @@ def mixed_texts() -> list[str]:
 TEXT_PROFILES = {"uniform": distinct_texts, "mixed": mixed_texts}
 
 
-def ensure_repository(path: Path | None, models: Iterable[str] = ("minilm",)) -> Path:
-    """The given repository, else a new one with the bundled `models` built into it."""
+def ensure_repository(
+    path: Path | None,
+    models: Iterable[str] = ("minilm",),
+    compile: tuple[ModelPrecision, ...] = (),
+) -> Path:
+    """The given repository, else a new one with the bundled `models` built into it (and
+    compiled in the `compile` precisions)."""
     if path is not None:
         return path
-    from service.packaging.bundled import digits, minilm
+    from service.packaging.build import build_models
 
-    builders = {"digits": digits.build, "minilm": minilm.build}
     root = Path(tempfile.mkdtemp(prefix="torchdock-bench-"))
-    for model in models:
-        builders[model](root)
+    build_models(root, names=tuple(models), compile=compile)
     return root
+
+
+def pinned(repository: Path, where: Path) -> dict[str, str]:
+    """The server settings that vouch for every version in `repository` as it is now (the
+    bench built it, or was handed it): MODEL_TRUST=digest-pinned, so that compiled variants,
+    which are native code, may load."""
+    from service.runtime.trust import digest_lines
+
+    digests = where / "model-digests.txt"
+    digests.write_text("\n".join(digest_lines(repository)) + "\n")
+    return {"MODEL_TRUST": "digest-pinned", "MODEL_DIGESTS_FILE": str(digests)}
 
 
 class CeilingPool:
@@ -98,6 +113,7 @@ class CeilingPool:
         threads: int,
         device_name: str,
         texts: str = "uniform",
+        runtime: RuntimeSetting = "eager",
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
@@ -106,7 +122,7 @@ class CeilingPool:
             here, there = context.Pipe()
             process = context.Process(
                 target=_ceiling_worker,
-                args=(there, repository, precision, threads, device_name, texts),
+                args=(there, repository, precision, threads, device_name, texts, runtime),
                 daemon=True,
             )
             process.start()
@@ -136,8 +152,10 @@ def _ceiling_worker(
     threads: int,
     device_name: str,
     profile: str,
+    runtime: RuntimeSetting,
 ) -> None:
-    """The served code path (handler + artifact) with no server around it."""
+    """The served code path (handler + artifact, eager or compiled as the server would choose)
+    with no server around it."""
     from service.runtime.device import choose_precision, resolve_device
     from service.runtime.executor import TorchThread
     from service.runtime.manifest import Manifest
@@ -159,7 +177,13 @@ def _ceiling_worker(
             precision=choice,
             torch_thread=torch_thread,
             policy=policy,
+            runtime=runtime,
+            may_run_code=True,  # the bench built the repository, or was handed it
         )
+    )
+    print(
+        f"ceiling: {model.precision.precision}, {model.runtime.runtime} ({model.runtime.reason})",
+        file=sys.stderr,
     )
     texts = TEXT_PROFILES[profile]()
 
@@ -200,10 +224,12 @@ class ServerRun:
     points: list[Point] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     min_cosine: float = float("nan")  # measured when there is a reference (side by side)
+    runtime: str = ""  # what the server reported it ran
 
     def side(self) -> side_by_side.SideRun:
         return side_by_side.SideRun(
-            f"torchdock, {self.label} (PRECISION={self.env.get('PRECISION', 'auto')})",
+            f"torchdock, {self.label} (PRECISION={self.env.get('PRECISION', 'auto')},"
+            f" RUNTIME={self.env.get('RUNTIME', 'auto')})",
             [p.result for p in self.points],
             self.rss_mb,
             self.min_cosine,
@@ -252,6 +278,12 @@ class Server:
                 pass
             time.sleep(0.3)
         raise TimeoutError("server not ready")
+
+    def served_runtime(self) -> str:
+        """What minilm runs as in this server (eager or compiled), as it reports it."""
+        models = httpx.get(f"{self.url}/v1/models", timeout=10).json()["models"]
+        minilm = next(m for m in models if m["name"] == "minilm")
+        return str(minilm["versions"][0]["runtime"])
 
     def _families(self) -> Iterable[Metric]:
         text = httpx.get(self.url + "/metrics", timeout=10).text
@@ -311,6 +343,7 @@ def run_server(
     server = Server(repository, run.env, logs / f"{run.label.replace(' ', '_')}.log")
     try:
         server.wait_ready()
+        run.runtime = server.served_runtime()
         if reference is not None:
             held_out = side_by_side.accuracy_texts(texts or distinct_texts())
             vectors = side_by_side.torchdock_embeddings(server.url, held_out)
@@ -360,7 +393,8 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
         for point in run.points:
             result = point.result
             lines.append(
-                f"| {run.label} | {result.concurrency} | {result.rps:,.0f} | {result.p50_ms:.1f}"
+                f"| {run.label} ({run.runtime}) | {result.concurrency} | {result.rps:,.0f}"
+                f" | {result.p50_ms:.1f}"
                 f" | {result.p99_ms:.1f} | {result.p99_ms / result.p50_ms:.2f} | {result.errors}"
                 f" | {point.mean_batch:.1f} | {result.rps / best:.2f}"
                 f" | {result.rps / point.adjacent_ceiling:.2f}"
@@ -384,6 +418,7 @@ def figures(
             {
                 "label": r.label,
                 "env": r.env,
+                "runtime": r.runtime,
                 "rss_mb": r.rss_mb,
                 "min_cosine": r.min_cosine,
                 "points": [
@@ -416,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--repository", type=Path, help="model repository with minilm")
     parser.add_argument(
+        "--runtime", choices=["eager", "compiled", "auto"], default="eager",
+        help="RUNTIME for the server and the ceiling; other than eager, the bench's own"
+        " repository is built with compiled variants (a minute more)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tuned", default="{}", help='JSON env for the tuned run, e.g. {"MAX_BATCH_DELAY_MS": "5"}'
     )
     parser.add_argument("--tuned-label", default="batching on, tuned")
@@ -436,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
 
-    repository = ensure_repository(args.repository)
+    compile: tuple[ModelPrecision, ...] = ()
+    if args.runtime != "eager":
+        compile = ("fp32", "bf16") if args.precision == "auto" else (args.precision,)
+    repository = ensure_repository(args.repository, compile=compile)
+    logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
     cpus = available_cpus()
     os.environ["BENCH_DEVICE"] = args.device
     defaults = load_settings(device=args.device)
@@ -451,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=threads,
             device_name=args.device,
             texts=args.texts,
+            runtime=args.runtime,
         )
         ceilings[f"{workers} proc x {threads} threads"] = {
             b: pool.measure(b, args.ceiling_seconds) for b in args.batch_sizes
@@ -458,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         if (workers, threads) != served_layout:
             pool.close()
     adjacent, ceiling_s = pools[served_layout], args.ceiling_seconds
-    base = {"PRECISION": args.precision}
+    base = {"PRECISION": args.precision, "RUNTIME": args.runtime, **pinned(repository, logs)}
     candidates = {
         "off": ServerRun(
             "batching off", {**base, "MODEL_SETTINGS": '{"minilm": {"batching": false}}'}
@@ -467,7 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         "tuned": ServerRun(args.tuned_label, {**base, **json.loads(args.tuned)}),
     }
     runs = [candidates[k] for k in (args.only or ["off", "default", "tuned"])]
-    logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
     peers: list[side_by_side.SideRun] = []
     texts = TEXT_PROFILES[args.texts]()
     reference = None

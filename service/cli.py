@@ -66,7 +66,9 @@ def _build_models(args: argparse.Namespace) -> int:
     configure_logging(level="INFO", fmt="text")
     output = args.output or _settings_or_exit().model_repository
     names = tuple(args.model) if args.model else BUNDLED
-    for manifest in build_models(output, names=names, version=args.version):
+    for manifest in build_models(
+        output, names=names, version=args.version, compile=tuple(args.compile)
+    ):
         print(f"built {manifest.name}/{manifest.version} -> {output}  metrics={manifest.metrics}")
     return 0
 
@@ -152,12 +154,10 @@ def _trust_sign(args: argparse.Namespace) -> int:
 
 
 def _trust_digests(args: argparse.Namespace) -> int:
-    from service.runtime.repository import discover, sha256_file
+    from service.runtime.trust import digest_lines
 
-    for refs in discover(args.repository).values():
-        for ref in refs:
-            manifest = ref.path / "manifest.json"
-            print(f"{sha256_file(manifest)}  {ref.name}/{ref.version}/manifest.json")
+    for line in digest_lines(args.repository):
+        print(line)
     return 0
 
 
@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--output", type=Path, help="model repository (default: MODEL_REPOSITORY)")
     build.add_argument("--model", action="append", help="build only this model (repeatable)")
     build.add_argument("--version", type=int, default=1)
+    build.add_argument(
+        "--compile",
+        action="append",
+        choices=("fp32", "bf16"),
+        default=[],
+        metavar="PRECISION",
+        help="also compile a CPU variant in this precision (AOTInductor; repeatable)",
+    )
     build.set_defaults(func=_build_models)
 
     package_cli.add_parser(commands)

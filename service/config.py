@@ -25,6 +25,7 @@ from service.keys.rate_limit import check_rate_limit
 from service.runtime.version_policy import VersionPolicy
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+RuntimeSetting = Literal["auto", "eager", "compiled"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -34,6 +35,7 @@ class ModelOverrides(BaseModel):
     model_config = {"extra": "forbid"}
 
     precision: Precision | None = None
+    runtime: RuntimeSetting | None = None
     batching: bool | None = None
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     )
     device: str = "auto"
     precision: Precision = "auto"
+    runtime: RuntimeSetting = Field(
+        default="auto",
+        description="eager, compiled (a version's AOTInductor variant where usable) or auto"
+        " (the faster of the two on this machine, timed at load)",
+    )
     model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
     # none: what is there at startup, for good; poll: rescan every MODEL_POLL_S; explicit:
     # the repository API loads and unloads (Triton's --model-control-mode).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import Manifest, ModelPrecision
 
 BUNDLED = ("digits", "minilm")
 
@@ -23,7 +23,11 @@ def _builder(name: str) -> Callable[..., Manifest]:
 
 
 def build_models(
-    output: Path, *, names: tuple[str, ...] = BUNDLED, version: int = 1
+    output: Path,
+    *,
+    names: tuple[str, ...] = BUNDLED,
+    version: int = 1,
+    compile: tuple[ModelPrecision, ...] = (),
 ) -> list[Manifest]:
     output.mkdir(parents=True, exist_ok=True)
-    return [_builder(name)(output, version=version) for name in names]
+    return [_builder(name)(output, version=version, compile=compile) for name in names]

@@ -88,6 +88,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.999,
         help="the bound PRECISION=auto needs a reduced precision to meet",
     )
+    package.add_argument(
+        "--compile",
+        action="append",
+        choices=("fp32", "bf16", "fp16"),
+        default=[],
+        metavar="PRECISION",
+        help="also compile a CPU variant in this precision with AOTInductor (repeatable;"
+        " needs a C++ compiler here, none where it is served; RUNTIME picks it)",
+    )
     package.add_argument("--force", action="store_true", help="replace an existing version")
     package.add_argument(
         "--sign-key",
@@ -147,6 +156,7 @@ def _package(args: argparse.Namespace) -> Manifest:
         calibration=parse_example_inputs(args.calibration) if args.calibration else None,
         preprocessing=_json_object(args.preprocessing) if args.preprocessing else {},
         signing_key=args.sign_key,
+        compile=tuple(args.compile),
     )
     if args.torchvision is not None:
         return _package_torchvision(args, request)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from service.packaging import agreement as agreements
+from service.packaging.compile import compile_variants
 from service.packaging.errors import PackagingError
 from service.packaging.specs import as_tuple, exported_specs, named_specs, renamed
 from service.packaging.writer import copy_files, next_version, staged_version, write_manifest
@@ -25,7 +26,13 @@ from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import DTYPES, PrecisionChoice
 from service.runtime.errors import ModelLoadError
 from service.runtime.handlers import handler_for
-from service.runtime.manifest import ArtifactFormat, Manifest, ModelPrecision, TensorSpec
+from service.runtime.manifest import (
+    ArtifactFormat,
+    CompiledVariant,
+    Manifest,
+    ModelPrecision,
+    TensorSpec,
+)
 from service.runtime.model import load_module, load_torchscript, to_host
 from service.runtime.trust import sign_version
 
@@ -62,6 +69,8 @@ class PackageRequest:
     # Inputs on which reduced precisions are measured; the example input when unset.
     calibration: Tensors | None = None
     precisions: tuple[ModelPrecision, ...] = ("bf16", "fp16")
+    # Precisions to compile a CPU variant for (AOTInductor); torch.export artifacts only.
+    compile: tuple[ModelPrecision, ...] = ()
     # An Ed25519 private key: the manifest is signed before the version is moved into place.
     signing_key: Path | None = None
 
@@ -200,10 +209,15 @@ def _package(
         measured = _measure_precisions(
             served, request.calibration or example, request.agreement, request.precisions
         )
+        compiled = _compile(request, artifact_format, staging / artifact, served, example)
         fields = _manifest_fields(request, version, inputs, outputs, measured, difference)
         fields["format"] = artifact_format
+        fields["compiled"] = [v.model_dump() for v in compiled]
         manifest = write_manifest(
-            staging, fields=fields, artifact=artifact, files=sorted(request.extra_files)
+            staging,
+            fields=fields,
+            artifact=artifact,
+            files=sorted([*request.extra_files, *(v.file for v in compiled)]),
         )
         _check_handler(manifest, staging, served)
         if request.signing_key is not None:
@@ -218,6 +232,22 @@ def _package(
         },
     )
     return manifest
+
+
+def _compile(
+    request: PackageRequest,
+    artifact_format: ArtifactFormat,
+    artifact: Path,
+    served: torch.nn.Module,
+    example: Tensors,
+) -> list[CompiledVariant]:
+    if not request.compile:
+        return []
+    if artifact_format != "torch.export":
+        raise PackagingError("--compile takes torch.export artifacts only, not TorchScript")
+    inputs = request.calibration or example
+    reference = _run(served, inputs, what="the calibration input")
+    return compile_variants(artifact, request.compile, inputs, reference, request.agreement)
 
 
 def _manifest_fields(
@@ -293,6 +323,8 @@ def _measure_precisions(
 ) -> dict[ModelPrecision, float]:
     """Each reduced precision's agreement with fp32, where the CPU can run it at all."""
     reference = _run(module, inputs, what="the calibration input")
+    # Casting back to fp32 would leave the weights rounded to the reduced dtype.
+    fp32_state = {name: t.detach().clone() for name, t in module.state_dict().items()}
     measured: dict[ModelPrecision, float] = {}
     for precision in precisions:
         dtype = DTYPES[precision]
@@ -306,7 +338,7 @@ def _measure_precisions(
             )
             continue
         finally:
-            module.to(torch.float32)
+            module.to(torch.float32).load_state_dict(fp32_state)
         measured[precision] = round(agreement.measure(reference, _host(reduced)), 6)
     return measured
 

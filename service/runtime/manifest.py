@@ -49,6 +49,26 @@ class PrecisionPolicy(BaseModel):
     agreement_metric: str = "accuracy"
 
 
+class CompiledVariant(BaseModel):
+    """The model compiled ahead of time (AOTInductor) for one precision, beside the artifact.
+
+    Native code: a server loads it only where the version is vouched for (MODEL_TRUST) or
+    the operator allows artifacts that run code, and only on a CPU with every feature its
+    kernels were built for, under the torch release that built it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: RelativeFile
+    precision: ModelPrecision
+    device: Literal["cpu"] = "cpu"
+    cpu_features: list[str]
+    torch_version: str
+    # At packaging, against the artifact served eagerly in the same precision.
+    max_abs_diff: float
+    # The manifest's agreement metric, against the artifact in fp32.
+    agreement: float
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -71,6 +91,7 @@ class Manifest(BaseModel):
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
     precision: PrecisionPolicy = Field(default_factory=PrecisionPolicy)
+    compiled: list[CompiledVariant] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)
     torch_version: str

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from service.config import RuntimeSetting
 from service.observability import metrics
 from service.runtime.batcher import DynamicBatcher
+from service.runtime.compiled import RuntimeChoice, load_compiled, median_seconds, usable_variant
 from service.runtime.device import DTYPES, PrecisionChoice
 from service.runtime.errors import ModelLoadError
 from service.runtime.executor import TorchThread
@@ -83,7 +85,8 @@ class LoadedModel:
         self.handler = handler
         self.device = device
         self.precision = precision
-        self._module = module
+        self.runtime = RuntimeChoice("eager", "RUNTIME=eager")
+        self._module: Callable[..., Any] = module
         self._dtype = DTYPES[precision.precision]
         self._torch_thread = torch_thread
         # Requests that resolved this version and have not finished: unloading waits for them.
@@ -124,6 +127,11 @@ class LoadedModel:
         except TimeoutError:
             return False
         return True
+
+    def use(self, module: Callable[..., Any], runtime: RuntimeChoice) -> Callable[..., Any]:
+        """Serve with `module` from now on; the module it served with until now."""
+        previous, self._module, self.runtime = self._module, module, runtime
+        return previous
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         """One batch, one torch-thread job per pass: whatever was queued for the torch thread
@@ -226,6 +234,8 @@ def load_model(
     precision: PrecisionChoice,
     torch_thread: TorchThread,
     policy: BatchPolicy,
+    runtime: RuntimeSetting = "eager",
+    may_run_code: bool = False,
 ) -> LoadedModel:
     """Load and warm up one version. Call only on the torch thread."""
     started = time.monotonic()
@@ -241,11 +251,17 @@ def load_model(
         policy=policy,
     )
     warm = handler.warmup_items()
-    for size in sorted({1, min(policy.max_batch_size, 8), policy.max_batch_size}):
-        began = time.monotonic()
-        model.forward((warm * size)[:size])
-    # The full batch, last: admission control starts from its time.
-    model.batcher.calibrate(time.monotonic() - began)
+    sizes = sorted({1, min(policy.max_batch_size, 8), policy.max_batch_size})
+    full_batch = _warm_up(model, warm, sizes)
+    if runtime != "eager":
+        full_batch = (
+            _choose_runtime(
+                model, artifact.parent, runtime, may_run_code=may_run_code, warm=warm, sizes=sizes
+            )
+            or full_batch
+        )
+    # Admission control starts from the time of a full batch.
+    model.batcher.calibrate(full_batch)
     elapsed = time.monotonic() - started
     metrics.MODEL_LOAD_SECONDS.labels(manifest.name, str(manifest.version)).set(elapsed)
     logger.info(
@@ -256,7 +272,81 @@ def load_model(
             "device": str(device),
             "precision": precision.precision,
             "precision_reason": precision.reason,
+            "runtime": model.runtime.runtime,
+            "runtime_reason": model.runtime.reason,
             "load_seconds": round(elapsed, 3),
         },
     )
     return model
+
+
+def _warm_up(model: LoadedModel, warm: list[Any], sizes: list[int]) -> float:
+    """Run each batch size once, the full batch last; that last forward's seconds."""
+    seconds = 0.0
+    for size in sizes:
+        began = time.monotonic()
+        model.forward((warm * size)[:size])
+        seconds = time.monotonic() - began
+    return seconds
+
+
+def _choose_runtime(
+    model: LoadedModel,
+    directory: Path,
+    setting: RuntimeSetting,
+    *,
+    may_run_code: bool,
+    warm: list[Any],
+    sizes: list[int],
+) -> float | None:
+    """Serve the compiled variant where it is usable and (for RUNTIME=auto) faster here.
+
+    The seconds of a full batch with the runtime chosen, or None to keep the eager figure."""
+    variant, why = usable_variant(
+        model.manifest, model.precision.precision, model.device, may_run_code=may_run_code
+    )
+    if variant is None:
+        model.runtime = RuntimeChoice("eager", why)
+        if setting == "compiled":
+            logger.warning(
+                "RUNTIME=compiled, serving eagerly",
+                extra={"model_name": model.name, "model_version": model.version, "reason": why},
+            )
+        return None
+    full = (warm * sizes[-1])[: sizes[-1]]
+    try:
+        compiled = load_compiled(directory / variant.file)
+        eager = model.use(compiled, RuntimeChoice("compiled", f"RUNTIME={setting}"))
+    except Exception as e:  # torch raises many types for a library that does not load
+        _eager_after_all(model, f"the compiled variant failed to load: {e}")
+        return None
+    try:
+        _warm_up(model, warm, sizes)
+        compiled_seconds = median_seconds(lambda: model.forward(full))
+    except Exception as e:  # nor for one that loads and then fails
+        model.use(eager, model.runtime)
+        _eager_after_all(model, f"the compiled variant failed its warm-up: {e}")
+        return None
+    if setting == "compiled":
+        return compiled_seconds
+    model.use(eager, model.runtime)
+    eager_seconds = median_seconds(lambda: model.forward(full))
+    timings = (
+        f"a batch of {len(full)}: compiled {compiled_seconds * 1e3:.1f} ms, eager"
+        f" {eager_seconds * 1e3:.1f} ms"
+    )
+    if compiled_seconds < eager_seconds:
+        model.use(compiled, RuntimeChoice("compiled", f"RUNTIME=auto, faster here ({timings})"))
+        return compiled_seconds
+    model.runtime = RuntimeChoice(
+        "eager", f"RUNTIME=auto, the compiled variant not faster here ({timings})"
+    )
+    return eager_seconds
+
+
+def _eager_after_all(model: LoadedModel, why: str) -> None:
+    model.runtime = RuntimeChoice("eager", why)
+    logger.warning(
+        "compiled variant unusable, serving eagerly",
+        extra={"model_name": model.name, "model_version": model.version, "reason": why},
+    )

@@ -144,6 +144,11 @@ class ModelRegistry:
         for state in retired:
             await self._retire(state)
 
+    def _may_run_code(self) -> bool:
+        """Whether a version's native code may load: vouched for from outside the repository,
+        or allowed by the operator."""
+        return self._settings.model_trust != "none" or self._settings.allow_pickled_artifacts
+
     def _policy(self, name: str) -> VersionPolicy:
         text = self._settings.overrides_for(name).version_policy
         return VersionPolicy.parse(text or self._settings.model_version_policy)
@@ -174,6 +179,8 @@ class ModelRegistry:
                 ),
                 torch_thread=self._torch_thread,
                 policy=self._batch_policy(manifest),
+                runtime=self._settings.overrides_for(ref.name).runtime or self._settings.runtime,
+                may_run_code=self._may_run_code(),
             )
             metrics.MODEL_READY.labels(ref.name, str(ref.version)).set(1)
         except DeviceError:

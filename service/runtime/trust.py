@@ -76,6 +76,17 @@ def read_digests(path: Path) -> dict[str, str]:
     return digests
 
 
+def digest_lines(repository: Path) -> list[str]:
+    """MODEL_DIGESTS_FILE lines pinning every version's manifest in `repository` as it is."""
+    from service.runtime.repository import discover, sha256_file
+
+    return [
+        f"{sha256_file(ref.path / 'manifest.json')}  {ref.name}/{ref.version}/manifest.json"
+        for refs in discover(repository).values()
+        for ref in refs
+    ]
+
+
 def load_public_key(path: Path) -> VerifyKey:
     try:
         return VerifyKey(_key_bytes(path))

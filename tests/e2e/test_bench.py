@@ -45,8 +45,8 @@ def test_bench_runs_the_peers_side_by_side(model_repo: Path, tmp_path: Path) -> 
     command += ["--plot", str(plot), "--json", str(raw)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| PRECISION=fp32 ÷ Infinity |" in completed.stdout
-    assert "| PRECISION=fp32 ÷ LitServe |" in completed.stdout
+    assert "| PRECISION=fp32, RUNTIME=eager ÷ Infinity |" in completed.stdout
+    assert "| PRECISION=fp32, RUNTIME=eager ÷ LitServe |" in completed.stdout
     figures = json.loads(raw.read_text())
     peers = figures["peers"]
     assert [p["label"] for p in peers] == [
@@ -79,3 +79,29 @@ def test_the_storage_bench_builds_its_models_and_reports(redis_url: str, databas
         "no cache, no log", "log on", "cache on, all misses", "cache on, all hits",
     ]  # fmt: skip
     assert all(int(r[2].replace(",", "")) > 0 and r[5].strip() == "0" for r in rows), rows
+
+
+def test_bench_compiles_and_serves_the_compiled_variant(tmp_path: Path) -> None:
+    """--runtime compiled: its own repository built with an fp32 variant, pinned by digest,
+    and both the ceiling and the server run the variant."""
+    raw = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "benchmarks.bench", "--runtime", "compiled"]
+    command += ["--seconds", "1", "--ceiling-seconds", "0.3", "--concurrency", "4"]
+    command += ["--batch-sizes", "4", "--only", "default", "--json", str(raw)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "ceiling: fp32, compiled" in completed.stderr
+    (run,) = json.loads(raw.read_text())["runs"]
+    assert run["runtime"] == "compiled"
+    assert run["env"]["MODEL_TRUST"] == "digest-pinned"
+    assert all(p["errors"] == 0 and p["rps"] > 0 for p in run["points"])
+
+
+def test_the_int8_study_reports_every_scheme() -> None:
+    command = [sys.executable, "-m", "benchmarks.int8", "--seconds", "0.2"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for scheme in ("dynamic-tensor", "dynamic-channel", "token-channel"):
+        assert f"| {scheme}" in completed.stdout
+    assert "one layer alone" in completed.stdout
+    assert "Greedy, least sensitive first" in completed.stdout

@@ -45,6 +45,7 @@ async def list_models(state: State) -> Response:
                         "ready": v.ready,
                         "error": v.error,
                         "precision": v.model.precision.precision if v.model else None,
+                        "runtime": v.model.runtime.runtime if v.model else None,
                         "device": str(v.model.device) if v.model else None,
                         "max_batch_size": v.model.batcher.max_batch_size if v.model else None,
                         "metrics": v.manifest.metrics if v.manifest else {},

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from service.packaging.package import PackageRequest, package_module
-from service.runtime.manifest import Manifest, TensorSpec
+from service.runtime.manifest import Manifest, ModelPrecision, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,13 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predicted == y).mean())
 
 
-def build(output: Path, *, version: int = 1, name: str = "digits") -> Manifest:
+def build(
+    output: Path,
+    *,
+    version: int = 1,
+    name: str = "digits",
+    compile: tuple[ModelPrecision, ...] = (),
+) -> Manifest:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
@@ -128,6 +134,7 @@ def build(output: Path, *, version: int = 1, name: str = "digits") -> Manifest:
         source={"dataset": "sklearn.datasets.load_digits", "seed": SEED},
         # A model this small gains nothing from a reduced precision: always fp32.
         precisions=(),
+        compile=compile,
     )
     manifest = package_module(model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),), request)
     logger.info("built digits", extra={"version": version, "held_out_accuracy": held_out})

