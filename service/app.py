@@ -26,14 +26,26 @@ from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import DecodeThreads, TorchThread
+from service.runtime.inference import InferenceService
+from service.runtime.model import LoadedModel
 from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
 from service.storage import migrate
 from service.storage.breaker import CircuitBreaker
-from service.storage.cache import NullCache, PredictionCache, RedisCache
+from service.storage.cache import NullCache, PredictionCache, RedisCache, cache_key
 from service.storage.prediction_log import NullLog, PostgresLog, PredictionLog
 
 logger = logging.getLogger(__name__)
+
+
+def instance_cache_key(model: LoadedModel, instance: bytes) -> str:
+    return cache_key(
+        model=model.name,
+        version=model.version,
+        artifact_sha256=model.manifest.sha256,
+        parameters=b"",
+        instance=instance,
+    )
 
 
 def build_cache(settings: Settings) -> PredictionCache:
@@ -117,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             registry=registry,
             lifecycle=lifecycle,
-            cache=cache,
+            inference=InferenceService(settings, cache, key_for=instance_cache_key),
             prediction_log=prediction_log,
             model_control=model_control,
             decode_threads=decode_threads,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -12,10 +12,9 @@ from service.keys.rate_limit import KeyRateLimiter
 from service.keys.ring import KeyRing
 from service.lifecycle import Lifecycle
 from service.runtime.executor import DecodeThreads
+from service.runtime.inference import InferenceService
 from service.runtime.model_control import ModelController
 from service.runtime.registry import ModelRegistry
-from service.runtime.singleflight import SingleFlight
-from service.storage.cache import NullCache, PredictionCache
 from service.storage.prediction_log import NullLog, PredictionLog
 
 
@@ -24,9 +23,8 @@ class AppState:
     settings: Settings
     registry: ModelRegistry
     lifecycle: Lifecycle
-    cache: PredictionCache = field(default_factory=NullCache)
+    inference: InferenceService
     prediction_log: PredictionLog = field(default_factory=NullLog)
-    single_flight: SingleFlight[Any, Any] = field(default_factory=SingleFlight)
     model_control: ModelController = field(kw_only=True)
     decode_threads: DecodeThreads = field(kw_only=True)
     # Both None unless API_KEYS=required.

@@ -1,14 +1,14 @@
-"""What V1 and V2 share: the model, the deadline, the cache, and the prediction-log row."""
+"""What V1 and V2 share over HTTP: the model, the deadline, the response, the log row.
+
+The prediction itself (cache, single-flight, batcher) is the runtime's `InferenceService`."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,11 +22,10 @@ from service.api.errors import problem_from_runtime
 from service.api.problems import Problem
 from service.observability import metrics
 from service.observability.logging import request_id_var
-from service.runtime.batcher import Batched
 from service.runtime.errors import ModelNotFound, RuntimeProblem, TooManyInstances
+from service.runtime.inference import Outcome
 from service.runtime.model import LoadedModel
 from service.runtime.repository import version_number
-from service.storage.cache import cache_key
 from service.storage.prediction_log import PREDICTION_ID_STATE, PredictionRow
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -65,14 +64,6 @@ def deadline_for(request: Request, state: AppState, started: float) -> float:
     return started + timeout
 
 
-@dataclass
-class Outcome:
-    predictions: list[Any]
-    cache_result: str  # hit, miss, partial or bypass
-    keys: list[str]
-    batched: Batched[Any] | None
-
-
 def _wants_bypass(request: Request) -> bool:
     return "no-cache" in request.headers.get("cache-control", "").lower()
 
@@ -99,64 +90,15 @@ async def decoded(
 async def predict(
     state: AppState, request: Request, model: LoadedModel, items: Sequence[Any], started: float
 ) -> Outcome:
-    """The predictions of items whose count the route has checked."""
-    deadline = deadline_for(request, state, started)
-    handler = model.handler
-    keys = [
-        cache_key(
-            model=model.name,
-            version=model.version,
-            artifact_sha256=model.manifest.sha256,
-            parameters=b"",
-            instance=handler.instance_key(item),
-        )
-        for item in items
-    ]
-    overrides = state.settings.overrides_for(model.name)
-    cacheable = state.cache.enabled and overrides.cache is not False
-    consult = cacheable and not _wants_bypass(request)
-    predictions: list[Any] = [None] * len(items)
-    if consult:
-        for index, raw in enumerate(await state.cache.get_many(keys)):
-            if raw is not None:
-                # A foreign entry counts as a miss, and is overwritten below.
-                with contextlib.suppress(ValueError):
-                    predictions[index] = handler.decode_prediction(raw)
-    missing = [i for i, p in enumerate(predictions) if p is None]
-    batched: Batched[Any] | None = None
-    if missing:
-
-        async def compute(subset: list[Any]) -> list[Any]:
-            nonlocal batched
-            batched = await model.batcher.submit_detailed(
-                subset, deadline=deadline, is_abandoned=request.is_disconnected
-            )
-            return batched.outputs
-
-        outputs, leaders = await state.single_flight.run(
-            [keys[i] for i in missing], [items[i] for i in missing], compute, deadline=deadline
-        )
-        for index, output in zip(missing, outputs, strict=True):
-            predictions[index] = output
-        if cacheable:
-            limit = overrides.cache_max_value_bytes or state.settings.cache_max_value_bytes
-            entries = {}
-            for leader in leaders:
-                encoded = handler.encode_prediction(outputs[leader])
-                if len(encoded) <= limit:
-                    entries[keys[missing[leader]]] = encoded
-            await state.cache.set_many(
-                entries, ttl_s=overrides.cache_ttl_s or state.settings.cache_ttl_s
-            )
-    labels = (model.name, str(model.version))
-    if consult:
-        hits = len(items) - len(missing)
-        metrics.CACHE_RESULTS.labels(*labels, "hit").inc(hits)
-        metrics.CACHE_RESULTS.labels(*labels, "miss").inc(len(missing))
-        result = "hit" if not missing else "miss" if not hits else "partial"
-    else:
-        result = "bypass"
-    return Outcome(predictions, result, keys, batched)
+    """The predictions of items whose count the route has checked, with the request's
+    deadline and cache-control."""
+    return await state.inference.predict(
+        model,
+        items,
+        deadline=deadline_for(request, state, started),
+        use_cache=not _wants_bypass(request),
+        is_abandoned=request.is_disconnected,
+    )
 
 
 def json_response(
