@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     worker_timeout_s: Annotated[int, Field(ge=1)] = 120
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
     keepalive_s: Annotated[int, Field(ge=1)] = 5
+    worker_tmp_dir: Path | None = Field(
+        default=None,
+        description="Where gunicorn's workers touch their heartbeat files; /dev/shm where it"
+        " exists, since a heartbeat on a slow disk can stall a worker",
+    )
     # nginx bounds the request head in front; these bound it at the port itself (8000).
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="the request line and headers, at most (431)"

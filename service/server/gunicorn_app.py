@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -89,8 +88,8 @@ class TorchdockApplication(BaseApplication):  # type: ignore[misc]
             # gunicorn's control socket (gunicornc) is unused here: no socket, no attack surface,
             # and nothing to write on a read-only file system.
             "control_socket_disable": True,
-            "worker_tmp_dir": os.environ.get("TORCHDOCK_WORKER_TMP_DIR", "/dev/shm")
-            if Path("/dev/shm").is_dir()
+            "worker_tmp_dir": str(s.worker_tmp_dir or "/dev/shm")
+            if s.worker_tmp_dir or Path("/dev/shm").is_dir()
             else None,
         }
         for key, value in options.items():

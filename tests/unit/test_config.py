@@ -292,3 +292,13 @@ def test_the_admin_token_from_a_file(tmp_path: Path) -> None:
         load_settings(_env_file=None, admin_token_file=secret, admin_token="b" * 40)
     with pytest.raises(ConfigError, match="ADMIN_TOKEN_FILE"):
         load_settings(_env_file=None, admin_token_file=tmp_path / "missing")
+
+
+def test_gunicorn_takes_its_heartbeat_directory_from_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.server.gunicorn_app import TorchdockApplication
+
+    monkeypatch.setenv("WORKER_TMP_DIR", str(tmp_path))
+    application = TorchdockApplication(load_settings())
+    assert application.cfg.worker_tmp_dir == str(tmp_path)
