@@ -4,8 +4,8 @@
     locust --config loadtests/locust.conf --profile stress MinilmUser  # one user class only
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8000    # the web UI, on :8089
 
-Profiles and gates live in loadtests/slo.toml; scripts/loadtest runs a profile against a
-gunicorn process or the compose stack and keeps the report. See loadtests/README.md.
+Profiles and gates live in monitoring/prometheus/slo.toml; scripts/loadtest runs a profile
+against a gunicorn process or the compose stack and keeps the report. See loadtests/README.md.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ def options(environment: Environment) -> argparse.Namespace:
 def active_profile(environment: Environment) -> Profile:
     name = getattr(options(environment), "profile", None) or DEFAULT_PROFILE
     if name not in PROFILES:
-        raise SystemExit(f"unknown profile {name!r}; loadtests/slo.toml has {', '.join(PROFILES)}")
+        raise SystemExit(
+            f"unknown profile {name!r}; monitoring/prometheus/slo.toml has {', '.join(PROFILES)}"
+        )
     return PROFILES[name]
 
 

@@ -1,4 +1,4 @@
-"""The load shape: users over time from the active profile's stages (loadtests/slo.toml)."""
+"""The load shape: users over time from the active profile's stages (in slo.toml)."""
 
 from __future__ import annotations
 
