@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app
 from service.config import Settings
 from service.packaging.build import build_models
-from tests.e2e.server import ServerProcess
+from tests.system.server import ServerProcess
 
 SettingsFactory = Callable[..., Settings]
 

@@ -13,7 +13,7 @@ from service.runtime.manifest import Manifest
 from service.runtime.repository import VersionRef, read_verified_manifest
 from tests.digits_data import held_out
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration  # builds the bundled models
 
 
 def _predict(version_dir: Path, images: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from service.runtime.handlers.text_embedding import TextEmbeddingHandler
 from service.runtime.manifest import Manifest
 from tests.sentences import PARAPHRASES, SENTENCES
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration  # builds the bundled models
 
 
 def _served_embeddings(model_repo: Path, texts: list[str], dtype: torch.dtype) -> np.ndarray:

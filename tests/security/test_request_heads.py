@@ -15,9 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.server import ServerProcess
+from tests.system.server import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")

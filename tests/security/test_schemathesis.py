@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.server import ServerProcess
+from tests.system.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

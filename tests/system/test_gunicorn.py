@@ -16,10 +16,10 @@ import pytest
 
 from tests.conftest import StartServer
 from tests.digits_data import held_out
-from tests.e2e.server import ServerProcess
 from tests.prom import sample_value
+from tests.system.server import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 
 def test_serves_predictions_and_aggregates_metrics(start_server: StartServer) -> None:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from tests.digits_data import held_out
-from tests.e2e.docker_cli import ROOT
-from tests.e2e.stack import Stack, running_stack
+from tests.system.docker_cli import ROOT
+from tests.system.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

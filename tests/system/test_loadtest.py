@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import ServerProcess, free_port
 from tests.prom import sample_sum
+from tests.system.server import ServerProcess, free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = {

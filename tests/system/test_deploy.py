@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.releases import BROKEN, VERSION_2, build, publish
-from tests.e2e.stack import API_IMAGE, Load, Stack, running_stack
+from tests.system.docker_cli import ROOT, docker
+from tests.system.releases import BROKEN, VERSION_2, build, publish
+from tests.system.stack import API_IMAGE, Load, Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.server import free_port
+from tests.system.docker_cli import ROOT, docker
+from tests.system.server import free_port
 
 API_IMAGE = "torchdock:test"
 DIGITS = "/v1/models/digits:predict"

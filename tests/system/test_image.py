@@ -22,8 +22,8 @@ import pytest
 
 from service.storage import migrate
 from tests.digits_data import held_out
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.server import free_port
+from tests.system.docker_cli import ROOT, docker
+from tests.system.server import free_port
 
 pytestmark = pytest.mark.docker
 

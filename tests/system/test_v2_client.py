@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.digits_data import held_out
-from tests.e2e.server import ServerProcess
+from tests.system.server import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 httpclient = pytest.importorskip("tritonclient.http")
 

@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from tests.digits_data import held_out
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.monitoring_rules import recording_rules
-from tests.e2e.stack import API_IMAGE, DIGITS, Load, Stack, running_stack, wait_until
+from tests.system.docker_cli import ROOT, docker
+from tests.system.monitoring_rules import recording_rules
+from tests.system.stack import API_IMAGE, DIGITS, Load, Stack, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

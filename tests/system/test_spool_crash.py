@@ -17,11 +17,11 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e.server import ServerProcess
 from tests.faults import TcpProxy
 from tests.storage.test_prediction_log import proxied, target_of
+from tests.system.server import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 
 def worker_pids(master: int) -> list[int]:

@@ -14,7 +14,7 @@ import yaml
 from loadtests import payloads
 from loadtests.profiles import Gates, evaluate, load_objectives, load_profiles
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "rules"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # A scanner in a subprocess: not a unit test's seconds.
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
 

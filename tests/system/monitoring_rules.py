@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.docker_cli import ROOT
+from tests.system.docker_cli import ROOT
 
 MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "prometheus" / "rules"

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from service.packaging.package import PackageRequest, package_module
-from tests.e2e.server import ServerProcess
+from tests.system.server import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 httpclient = pytest.importorskip("tritonclient.http")
 

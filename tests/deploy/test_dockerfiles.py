@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = ROOT / "docker" / "Dockerfile"
@@ -50,7 +50,7 @@ def test_gpu_image_matches_the_cpu_image() -> None:
 def test_the_runtime_takes_the_dependencies_and_the_project_apart(dockerfile: Path) -> None:
     """A source change rebuilds a wheel of a few hundred kB: the runtime's big venv layer comes
     from the dependency stage alone, and the project arrives as that wheel on top of it.
-    (tests/e2e/test_image.py shows the dependency stage cached across a source change.)"""
+    (tests/system/test_image.py shows the dependency stage cached across a source change.)"""
     runtime = dockerfile.read_text().split(" AS runtime", 1)[1]
     assert "COPY --from=deps --chown=root:0 /opt/venv /opt/venv" in runtime
     assert "--mount=type=bind,from=project,source=/dist,target=/dist" in runtime

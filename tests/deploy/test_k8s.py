@@ -18,7 +18,7 @@ import yaml
 
 from service.config import Settings
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"

@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.deploy
 
 
 def load(path: Path) -> dict[Any, Any]:

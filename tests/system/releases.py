@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.stack import API_IMAGE
+from tests.system.docker_cli import ROOT, docker
+from tests.system.stack import API_IMAGE
 
 # A new release: version 2 of digits beside version 1 (the highest version is the default).
 VERSION_2 = """

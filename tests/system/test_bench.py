@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 
 def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.monitoring_rules import MONITORING, alerts, load, recording_rules
+from tests.system.docker_cli import ROOT, docker
+from tests.system.monitoring_rules import MONITORING, alerts, load, recording_rules
 
 pytestmark = pytest.mark.docker
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.deploy
 
 
 def test_the_scripts_table_names_every_script_and_no_other() -> None:

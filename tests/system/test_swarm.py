@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.docker_cli import ROOT, docker
-from tests.e2e.releases import BROKEN, VERSION_2, build, publish
-from tests.e2e.server import free_port
-from tests.e2e.stack import API_IMAGE, Load, Stack, wait_until
+from tests.system.docker_cli import ROOT, docker
+from tests.system.releases import BROKEN, VERSION_2, build, publish
+from tests.system.server import free_port
+from tests.system.stack import API_IMAGE, Load, Stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.docker_cli import ROOT
+from tests.system.docker_cli import ROOT
 
 pytestmark = pytest.mark.docker
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.docker_cli import ROOT
+from tests.system.docker_cli import ROOT
 
 
 @pytest.fixture(scope="session")
