@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import side_by_side
 from benchmarks.httpload import LoadResult, build_request, measure
-from benchmarks.peers import PeerPlan, peer_servers
+from benchmarks.peers import PeerPlan, free_port, peer_servers
 from loadtests import payloads
 from loadtests.report import cpu_model
 from service.config import RuntimeSetting, available_cpus, load_settings
@@ -236,17 +236,9 @@ class ServerRun:
         )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     def __init__(self, repository: Path, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.workers = int(env.get("WORKERS", 0)) or load_settings().effective_workers()
         self._log = log.open("wb")

@@ -9,11 +9,10 @@ import httpx
 import pytest
 
 from tests.conftest import SettingsFactory, serve
+from tests.digits_data import ZEROS
 from tests.prom import sample_value
 
 pytestmark = pytest.mark.integration
-
-ZEROS = [[0.0] * 8 for _ in range(8)]
 
 
 def distinct(count: int, *, corner: float = 0.0) -> list[list[list[float]]]:

@@ -12,11 +12,11 @@ import pytest
 from service.config import Settings
 from service.packaging.bundled import digits
 from tests.conftest import SettingsFactory, serve
+from tests.digits_data import ZEROS
 from tests.prom import sample_value
 
 pytestmark = pytest.mark.integration
 
-ZEROS = [[0.0] * 8 for _ in range(8)]
 LABELS = {"model_name": "digits", "model_version": "1"}
 PREDICT = "/v1/models/digits:predict"
 

@@ -20,13 +20,12 @@ from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel, load_model, load_module
 from service.runtime.trust import digest_lines
 from tests.conftest import SettingsFactory, serve
-from tests.digits_data import held_out
+from tests.digits_data import ZEROS, held_out
 from tests.sentences import SENTENCES
 
 # Runs inductor and a C++ compiler: a minute for both models.
 pytestmark = pytest.mark.integration
 
-ZEROS = [[0.0] * 8 for _ in range(8)]
 LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from service.storage import migrate
 from tests.conftest import SettingsFactory, serve
+from tests.digits_data import ZEROS
 from tests.faults import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 PREDICT = "/v1/models/digits:predict"
-ZEROS = [[0.0] * 8 for _ in range(8)]
 
 
 def rows(database_url: str, sql: str = "SELECT * FROM predictions") -> list[dict[str, object]]:
