@@ -10,6 +10,7 @@ and serves the same minilm weights, from the local package, with no hub download
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -39,8 +40,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@functools.cache
 def peer_venv(name: str) -> Path:
-    """The peer's venv, installed on first use."""
+    """The peer's venv, installed on first use; checked once per bench, not per server."""
     completed = subprocess.run(
         [str(ROOT / "scripts" / "peer-venv"), name], capture_output=True, text=True, check=False
     )
