@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput figure")
     parser.add_argument("--bound", type=float, default=minilm.MIN_COSINE)
+    parser.add_argument("--texts", type=int, help="measure on the first N texts only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     model, tokenise = load_fp32()
-    texts = SENTENCES + [text for triple in PARAPHRASES for text in triple]
+    texts = (SENTENCES + [text for triple in PARAPHRASES for text in triple])[: args.texts]
     inputs = tokenise(texts)
     with torch.inference_mode():
         reference = model(*inputs)

@@ -98,7 +98,7 @@ def test_bench_compiles_and_serves_the_compiled_variant(tmp_path: Path) -> None:
 
 
 def test_the_int8_study_reports_every_scheme() -> None:
-    command = [sys.executable, "-m", "benchmarks.int8", "--seconds", "0.2"]
+    command = [sys.executable, "-m", "benchmarks.int8", "--seconds", "0.2", "--texts", "16"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     for scheme in ("dynamic-tensor", "dynamic-channel", "token-channel"):
