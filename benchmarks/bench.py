@@ -158,8 +158,9 @@ def _ceiling_worker(
     with no server around it."""
     from service.runtime.device import choose_precision, resolve_device
     from service.runtime.executor import TorchThread
+    from service.runtime.loading import load_model
     from service.runtime.manifest import Manifest
-    from service.runtime.model import BatchPolicy, load_model
+    from service.runtime.model import BatchPolicy
 
     directory = repository / "minilm" / "1"
     manifest = Manifest.read(directory)

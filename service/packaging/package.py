@@ -26,6 +26,7 @@ from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import DTYPES, PrecisionChoice
 from service.runtime.errors import ModelLoadError
 from service.runtime.handlers import handler_for
+from service.runtime.loading import load_module, load_torchscript
 from service.runtime.manifest import (
     ArtifactFormat,
     CompiledVariant,
@@ -33,7 +34,7 @@ from service.runtime.manifest import (
     ModelPrecision,
     TensorSpec,
 )
-from service.runtime.model import load_module, load_torchscript, to_host
+from service.runtime.model import to_host
 from service.runtime.trust import sign_version
 
 logger = logging.getLogger(__name__)

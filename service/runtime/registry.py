@@ -22,8 +22,9 @@ from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import choose_precision
 from service.runtime.errors import DeviceError, ModelLoadError, ModelNotFound, ModelNotReady
 from service.runtime.executor import TorchThread
+from service.runtime.loading import load_model
 from service.runtime.manifest import MANIFEST_FILE, Manifest
-from service.runtime.model import BatchPolicy, LoadedModel, load_model
+from service.runtime.model import BatchPolicy, LoadedModel
 from service.runtime.repository import VersionRef, discover, read_verified_manifest
 from service.runtime.trust import TrustPolicy
 from service.runtime.version_policy import VersionPolicy

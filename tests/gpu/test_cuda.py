@@ -48,8 +48,8 @@ def test_cuda_device_index_out_of_range_is_refused() -> None:
 def test_minilm_parity_on_cuda(model_repo: Path, precision: str, bound: float) -> None:
     from service.runtime.device import PrecisionChoice
     from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+    from service.runtime.loading import load_module
     from service.runtime.manifest import Manifest
-    from service.runtime.model import load_module
     from tests.sentences import SENTENCES
 
     directory = model_repo / "minilm" / "1"

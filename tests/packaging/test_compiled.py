@@ -16,8 +16,9 @@ from service.runtime.compiled import load_compiled
 from service.runtime.device import PrecisionChoice
 from service.runtime.executor import TorchThread
 from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+from service.runtime.loading import load_model, load_module
 from service.runtime.manifest import Manifest
-from service.runtime.model import BatchPolicy, LoadedModel, load_model, load_module
+from service.runtime.model import BatchPolicy, LoadedModel
 from service.runtime.trust import digest_lines
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import ZEROS, held_out

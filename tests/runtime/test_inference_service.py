@@ -14,8 +14,9 @@ from service.app import instance_cache_key
 from service.runtime.device import PrecisionChoice
 from service.runtime.executor import TorchThread
 from service.runtime.inference import InferenceService
+from service.runtime.loading import load_model
 from service.runtime.manifest import Manifest
-from service.runtime.model import BatchPolicy, LoadedModel, load_model
+from service.runtime.model import BatchPolicy, LoadedModel
 from service.storage.cache import RedisCache
 from tests.conftest import SettingsFactory
 from tests.digits_data import held_out
