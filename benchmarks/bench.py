@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
 
     compile: tuple[ModelPrecision, ...] = ()
     if args.runtime != "eager":
-        compile = ("fp32", "bf16") if args.precision == "auto" else (args.precision,)
+        # Both CPU precisions: a tuned run may ask for the other one (PRECISION=auto).
+        compile = ("fp32", "bf16")
     repository = ensure_repository(args.repository, compile=compile)
     logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
     cpus = available_cpus()
