@@ -1,4 +1,5 @@
-"""How close a reduced precision stays to fp32, per kind of output: what `PRECISION=auto` reads."""
+"""How close outputs stay: a reduced precision to fp32 (what `PRECISION=auto` reads), and the
+worst absolute difference between two sets of outputs (what packaging checks)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from service.packaging.errors import PackagingError
 
 Outputs = Sequence[torch.Tensor]
 
@@ -39,3 +42,17 @@ def _top1(reference: Outputs, reduced: Outputs) -> float:
 
 MIN_COSINE = Agreement("min cosine to fp32", _min_cosine)
 TOP1 = Agreement("top-1 agreement with fp32", _top1)
+
+
+def max_abs_diff(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
+    if len(expected) != len(actual):
+        raise PackagingError(f"{len(actual)} outputs where the reference has {len(expected)}")
+    worst = 0.0
+    for want, got in zip(expected, actual, strict=True):
+        if want.shape != got.shape:
+            raise PackagingError(
+                f"output shape {list(got.shape)} where the reference has {list(want.shape)}"
+            )
+        if want.numel():
+            worst = max(worst, float((want.double() - got.double()).abs().max()))
+    return worst

@@ -88,10 +88,7 @@ def _compile(
         raise PackagingError(
             f"the {precision} artifact does not compile: {str(e).splitlines()[0]}"
         ) from e
-    difference = max(
-        float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
-        for a, b in zip(eager_out, compiled_out, strict=True)
-    )
+    difference = agreements.max_abs_diff(eager_out, compiled_out)
     if precision == "fp32" and difference > FP32_TOLERANCE:
         raise PackagingError(
             f"the compiled fp32 variant's outputs differ from the artifact's by {difference:.3g}"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from service.packaging import agreement as agreements
+from service.packaging.agreement import max_abs_diff
 from service.packaging.compile import compile_variants
 from service.packaging.errors import PackagingError
 from service.packaging.specs import as_tuple, exported_specs, named_specs, renamed
@@ -358,20 +359,6 @@ def _host(outputs: Any) -> Tensors:
         if not isinstance(t, torch.Tensor):
             raise PackagingError(f"the model returned a {type(t).__name__}, not tensors")
     return tuple(t.detach().cpu() for t in tensors)
-
-
-def max_abs_diff(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    if len(expected) != len(actual):
-        raise PackagingError(f"{len(actual)} outputs where the reference has {len(expected)}")
-    worst = 0.0
-    for want, got in zip(expected, actual, strict=True):
-        if want.shape != got.shape:
-            raise PackagingError(
-                f"output shape {list(got.shape)} where the reference has {list(want.shape)}"
-            )
-        if want.numel():
-            worst = max(worst, float((want.double() - got.double()).abs().max()))
-    return worst
 
 
 def _at_least_two(tensor: torch.Tensor) -> torch.Tensor:
