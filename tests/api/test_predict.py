@@ -164,4 +164,19 @@ async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/v2/models/{name}/infer" in spec["paths"]
     assert "/v1/models/{name}:predict" in spec["paths"]
+    # One endpoint at both paths: `version` is a path parameter at one, absent at the other.
+    for default, versioned in (
+        ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"),
+        ("/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict"),
+        ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"),
+        ("/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"),
+    ):
+        (default_op,) = spec["paths"][default].values()
+        (versioned_op,) = spec["paths"][versioned].values()
+        assert [p["name"] for p in default_op["parameters"] if p["in"] != "header"] == ["name"]
+        assert {(p["name"], p["in"]) for p in versioned_op["parameters"]} >= {
+            ("name", "path"),
+            ("version", "path"),
+        }
+        assert default_op["operationId"] != versioned_op["operationId"]
     assert (await client.get("/docs")).status_code == 200

@@ -19,6 +19,7 @@ from service.api.inference import (
 )
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import PredictRequest
+from service.api.versioned_route import versioned_route
 
 router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False, route_class=OrjsonRoute)
 
@@ -57,8 +58,15 @@ async def list_models(state: State) -> Response:
     return json_response({"models": models})
 
 
-async def _predict(
-    state: State, request: Request, body: PredictRequest, name: str, version: str | None
+@versioned_route(
+    router,
+    "POST",
+    "/models/{name}{version}:predict",
+    summary="Predict",
+    dependencies=[PredictionKey],
+)
+async def predict_instances(
+    name: str, version: str | None, body: PredictRequest, request: Request, state: State
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
@@ -78,25 +86,3 @@ async def _predict(
             cache=outcome.cache_result,
         )
         return record.response
-
-
-@router.post(
-    "/models/{name}:predict",
-    summary="Predict with the model's default version",
-    dependencies=[PredictionKey],
-)
-async def predict_default(
-    name: str, body: PredictRequest, request: Request, state: State
-) -> Response:
-    return await _predict(state, request, body, name, None)
-
-
-@router.post(
-    "/models/{name}/versions/{version}:predict",
-    summary="Predict with one version",
-    dependencies=[PredictionKey],
-)
-async def predict_version(
-    name: str, version: str, body: PredictRequest, request: Request, state: State
-) -> Response:
-    return await _predict(state, request, body, name, version)

@@ -22,6 +22,7 @@ from service.api.inference import (
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
+from service.api.versioned_route import versioned_route
 from service.runtime.errors import ModelNotReady
 
 # V2 clients (tritonclient, for one) send JSON without a Content-Type: parse it anyway.
@@ -45,7 +46,10 @@ async def ready(state: State) -> Response:
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-def _metadata(state: State, name: str, version: str | None) -> Response:
+@versioned_route(
+    router, "GET", "/models/{name}{version}", summary="Model metadata", dependencies=[MetadataKey]
+)
+async def model_metadata(name: str, version: str | None, state: State) -> Response:
     chosen = state.registry.state(name, parse_version(version, model=name))
     entry = state.registry.entries[name]
     manifest = chosen.manifest
@@ -63,23 +67,14 @@ def _metadata(state: State, name: str, version: str | None) -> Response:
     return json_response(body, version=chosen.version)
 
 
-@router.get(
-    "/models/{name}", summary="Model metadata (default version)", dependencies=[MetadataKey]
-)
-async def model_metadata(name: str, state: State) -> Response:
-    return _metadata(state, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}",
-    summary="Model version metadata",
+@versioned_route(
+    router,
+    "GET",
+    "/models/{name}{version}/ready",
+    summary="Model readiness",
     dependencies=[MetadataKey],
 )
-async def version_metadata(name: str, version: str, state: State) -> Response:
-    return _metadata(state, name, version)
-
-
-def _readiness(state: State, name: str, version: str | None) -> Response:
+async def model_ready(name: str, version: str | None, state: State) -> Response:
     chosen = state.registry.state(name, parse_version(version, model=name))
     if not chosen.ready:
         raise ModelNotReady(
@@ -89,24 +84,15 @@ def _readiness(state: State, name: str, version: str | None) -> Response:
     return json_response(body, version=chosen.version)
 
 
-@router.get(
-    "/models/{name}/ready", summary="Model readiness (default version)", dependencies=[MetadataKey]
+@versioned_route(
+    router,
+    "POST",
+    "/models/{name}{version}/infer",
+    summary="Inference",
+    dependencies=[PredictionKey],
 )
-async def model_ready(name: str, state: State) -> Response:
-    return _readiness(state, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    summary="Model version readiness",
-    dependencies=[MetadataKey],
-)
-async def version_ready(name: str, version: str, state: State) -> Response:
-    return _readiness(state, name, version)
-
-
-async def _infer(
-    state: State, request: Request, body: InferenceRequest, name: str, version: str | None
+async def infer(
+    name: str, version: str | None, body: InferenceRequest, request: Request, state: State
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
@@ -132,21 +118,3 @@ async def _infer(
             payload["id"] = body.id
         record.response = json_response(payload, version=model.version, cache=outcome.cache_result)
         return record.response
-
-
-@router.post(
-    "/models/{name}/infer", summary="Inference (default version)", dependencies=[PredictionKey]
-)
-async def infer(name: str, body: InferenceRequest, request: Request, state: State) -> Response:
-    return await _infer(state, request, body, name, None)
-
-
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Inference (one version)",
-    dependencies=[PredictionKey],
-)
-async def infer_version(
-    name: str, version: str, body: InferenceRequest, request: Request, state: State
-) -> Response:
-    return await _infer(state, request, body, name, version)
