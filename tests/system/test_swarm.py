@@ -11,11 +11,9 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.system.docker_cli import ROOT, docker
 from tests.system.releases import BROKEN, VERSION_2, build, publish
@@ -161,29 +159,3 @@ def test_swarm_rolls_forward_rolls_back_and_scales_without_failing_a_request(
     assert running_api_tasks() == 3
     assert len(load.replicas) >= 5, "the new tasks must get traffic once nginx sees them"
 
-
-def test_the_stack_file_keeps_the_compose_topology() -> None:
-    """Same services, images and healthchecks as compose.yml, except the optional ones."""
-    stack = yaml.safe_load((ROOT / "compose" / "stack.yml").read_text())["services"]
-    compose = yaml.safe_load((ROOT / "compose" / "compose.yml").read_text())["services"]
-    # db-admin is a one-shot that compose's api waits on; Swarm cannot order services, so
-    # scripts/swarm runs the migrations itself, in a one-off container.
-    optional = {"cadvisor", "grafana", "locust-master", "locust-worker", "db-admin"}
-    assert set(stack) == set(compose) - optional
-    for name, service in stack.items():
-        if name == "api":  # required in both, from TORCHDOCK_IMAGE
-            assert service["image"].startswith("${TORCHDOCK_IMAGE:?"), name
-        else:
-            assert service["image"] == compose[name]["image"], name
-        assert service.get("healthcheck", {}).get("test") == compose[name].get(
-            "healthcheck", {}
-        ).get("test"), name
-        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
-    # As in compose, the api's role may not change the schema, and has no owner's password.
-    assert stack["api"]["environment"]["DB_AUTO_UPGRADE"] == "false"
-    assert "db_owner_password" not in stack["api"]["secrets"]
-    api = stack["api"]["deploy"]
-    assert api["update_config"]["order"] == "start-first"
-    assert api["update_config"]["failure_action"] == "rollback"
-    assert all(s["deploy"]["endpoint_mode"] == "dnsrr" for s in stack.values())
-    assert Path(ROOT / "compose" / "stack.local.yml").is_file()
