@@ -53,141 +53,205 @@ class ModelOverrides(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # Each field's docstring is its description: docs/configuration.md renders its table from
+    # them (scripts/lib/docs_hooks.py), so the reference cannot drift from the code.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     # Models
     model_repository: Path = Path("model-repository")
-    models: list[str] = Field(
-        default_factory=list,
-        description="Models to load (JSON list); empty means every model in the repository.",
-    )
+    """directory of `<model>/<version>/{manifest.json, model.pt2}`"""
+    models: list[str] = Field(default_factory=list)
+    """JSON list of the models to serve (empty: every model in the repository); readiness requires
+    each of them
+    """
     device: str = "auto"
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N`; `cuda` without a GPU fails
+    startup
+    """
     precision: Precision = "auto"
-    runtime: RuntimeSetting = Field(
-        default="auto",
-        description="eager, compiled (a version's AOTInductor variant where usable) or auto"
-        " (the faster of the two on this machine, timed at load)",
-    )
+    """`auto`, `fp32`, `fp16` (CUDA only), `bf16`; `auto` takes the fastest precision that the
+    hardware accelerates and that meets the model's accuracy bound in its manifest, else the
+    manifest's default
+    """
+    runtime: RuntimeSetting = "auto"
+    """`eager`, `compiled` or `auto`: a version's compiled (AOTInductor) variant where the
+    manifest has one, the CPU and torch fit it, and the version is vouched for (`MODEL_TRUST`,
+    or `ALLOW_PICKLED_ARTIFACTS`); `auto` times both at load and keeps the faster. Per model:
+    `MODEL_SETTINGS.<m>.runtime`. See [docs/models.md](models.md#compiled-variants-runtime)
+    """
     model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
-    # none: what is there at startup, for good; poll: rescan every MODEL_POLL_S; explicit:
-    # the repository API loads and unloads (Triton's --model-control-mode).
+    """JSON per model: `{"digits": {"precision": "fp32", "batching": true, "max_batch_size": 64,
+    "max_batch_delay_ms": 2}}`
+    """
+    # As Triton's --model-control-mode.
     model_control: Literal["none", "poll", "explicit"] = "none"
+    """`none`, `poll` (rescan every `MODEL_POLL_S`, default 10) or `explicit` (the repository API
+    loads and unloads)
+    """
     model_poll_s: Annotated[float, Field(gt=0)] = 10.0
-    model_version_policy: str = Field(
-        default="all", description="all, latest:N or specific:V[,V...]; per model in MODEL_SETTINGS"
-    )
-    model_control_dir: Path | None = Field(
-        default=None,
-        description="Where the workers of one server share the explicitly loaded models;"
-        " `torchdock serve` makes one when unset.",
-    )
+    """with `MODEL_CONTROL=poll`, seconds between two scans of the repository"""
+    model_version_policy: str = "all"
+    """`all`, `latest:N` or `specific:1,3` (per model: `MODEL_SETTINGS.<m>.version_policy`)"""
+    model_control_dir: Path | None = None
+    """where one server's workers share the explicitly loaded models; unset: `torchdock serve`
+    makes one
+    """
     model_trust: Literal["none", "digest-pinned", "signed"] = "none"
-    model_digests_file: Path | None = Field(
-        default=None,
-        description="sha256sum lines of the allowed manifests (MODEL_TRUST=digest-pinned),"
-        " kept outside the model repository",
-    )
-    model_trust_key_file: Path | None = Field(
-        default=None,
-        description="The Ed25519 public key for MODEL_TRUST=signed (base64, as"
-        " `torchdock trust keygen` writes it)",
-    )
-    allow_pickled_artifacts: bool = Field(
-        default=False,
-        description="Load artifacts that can run code when loaded (pickled weights, compiled"
-        " libraries). Only for a repository whose every writer you trust.",
-    )
+    """`digest-pinned` (with `MODEL_DIGESTS_FILE`) or `signed` (with `MODEL_TRUST_KEY_FILE`, an
+    Ed25519 public key)
+    """
+    model_digests_file: Path | None = None
+    """with `MODEL_TRUST=digest-pinned`: `sha256sum` lines of the allowed manifests (`torchdock
+    trust digests REPO` prints them), kept outside the repository
+    """
+    model_trust_key_file: Path | None = None
+    """with `MODEL_TRUST=signed`: the Ed25519 public key (base64, as `torchdock trust keygen`
+    writes it)
+    """
+    allow_pickled_artifacts: bool = False
+    """load artifacts that can run code when loaded (pickled weights, compiled libraries)"""
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.
     # Waiting for more only added latency in the bench (concurrency 1: 108 req/s at 0 ms, 85
     # at 2 ms; equal from 8 up). A GPU model with a costly launch may want a few ms.
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    """how long a batch waits for more requests, unless the manifest or `MODEL_SETTINGS` says
+    otherwise; at 0 a batch is whatever queued while the previous one computed (see
+    Performance)
+    """
     max_queue_size: Annotated[int, Field(ge=1)] = 512
+    """instances that may wait per model version; beyond that, 429"""
     request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """default deadline of a prediction"""
     max_request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """the largest `X-Request-Timeout` a client may ask for"""
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    """request body limit (413 beyond)"""
 
     # Server
     host: str = "127.0.0.1"
+    """the address `torchdock serve` listens on"""
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    workers: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="gunicorn workers; unset means effective_workers()"
-    )
+    """the port `torchdock serve` listens on"""
+    workers: Annotated[int, Field(ge=1)] | None = None
+    """gunicorn workers, each loading every model; unset: one per CPU up to 4 on CPU, and 1 when a
+    GPU is present (see [Performance](performance.md))
+    """
     torch_threads: Annotated[int, Field(ge=1)] | None = None
+    """intra-op threads per worker; unset: CPUs ÷ workers, where CPUs respect the affinity mask
+    and the cgroup quota
+    """
     # Image decoding, off the event loop; one thread leaves the other cores to torch.
     decode_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    """threads per worker that decode images and count text tokens, off the event loop"""
     worker_timeout_s: Annotated[int, Field(ge=1)] = 120
+    """gunicorn kills a worker silent for this long"""
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 30
+    """time to finish in-flight requests after SIGTERM"""
     keepalive_s: Annotated[int, Field(ge=1)] = 5
-    worker_tmp_dir: Path | None = Field(
-        default=None,
-        description="Where gunicorn's workers touch their heartbeat files; /dev/shm where it"
-        " exists, since a heartbeat on a slow disk can stall a worker",
-    )
+    """HTTP keep-alive"""
+    worker_tmp_dir: Path | None = None
+    """where gunicorn's workers touch their heartbeat files; unset: `/dev/shm` where it exists
+    (the images use `/tmp`, a tmpfs in compose)
+    """
     # nginx bounds the request head in front; these bound it at the port itself (8000).
-    max_header_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="the request line and headers, at most (431)"
-    )
-    header_timeout_s: float = Field(
-        default=10.0, gt=0, description="how long a request head may take to arrive (408)"
-    )
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """a request's line and headers at most; beyond, 431"""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """how long a request's head may take to arrive; beyond, 408"""
     drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    """after SIGTERM, keep accepting (with readiness failing) this long so load balancers stop
+    sending first
+    """
     forwarded_allow_ips: str = "127.0.0.1"
-    replica_id: str = Field(default_factory=lambda: os.uname().nodename)
+    """proxies trusted for `X-Forwarded-For`"""
+    replica_id: str = Field(
+        default_factory=lambda: os.uname().nodename,
+        json_schema_extra={"documented_default": "the hostname"},
+    )
+    """reported in `X-Replica-ID`"""
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """`DEBUG`, `INFO`, `WARNING`, `ERROR`"""
     log_format: Literal["json", "text"] = "json"
+    """`json` lines (with `request_id`) or `text`"""
 
     # Optional backends: absent means "not configured", never an error.
     redis_url: SecretStr | None = None
-    redis_password_file: Path | None = Field(
-        default=None,
-        description="A file holding the Redis password (a Docker or Kubernetes secret), "
-        "so that the password is in neither REDIS_URL nor the environment.",
-    )
+    """the prediction cache (secret: masked); unset means no cache"""
+    redis_password_file: Path | None = None
+    """a file holding the Redis password (a Docker or Kubernetes secret), put into `REDIS_URL`
+    (whose user name, if any, it goes with), so that the password is in neither the URL nor the
+    environment; a URL that holds a password too stops startup
+    """
     redis_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
+    """timeout of every Redis call; a slow Redis costs at most this"""
     cache_ttl_s: Annotated[int, Field(ge=1)] = 3600
+    """lifetime of a cache entry (per model: `MODEL_SETTINGS.<m>.cache_ttl_s`; `cache: false`
+    turns it off for a model)
+    """
     cache_max_value_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
+    """predictions larger than this are not cached (per model:
+    `MODEL_SETTINGS.<m>.cache_max_value_bytes`)
+    """
     cache_breaker_failures: Annotated[int, Field(ge=1)] = 3
+    """failures in a row that open the cache's circuit breaker"""
     cache_breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
+    """how long the open breaker waits before it probes Redis again"""
     database_url: SecretStr | None = None
-    database_password_file: Path | None = Field(
-        default=None,
-        description="A file holding the database password (a Docker or Kubernetes secret), "
-        "so that the password is in neither DATABASE_URL nor the environment.",
-    )
+    """the prediction log (secret: masked); unset means no log"""
+    database_password_file: Path | None = None
+    """a file holding the database password (a Docker or Kubernetes secret), merged into
+    `DATABASE_URL`'s connection, so that the password is in neither the URL nor the environment
+    """
     db_auto_upgrade: bool = True
+    """apply schema migrations at startup (and when Postgres comes back)"""
     log_queue_size: Annotated[int, Field(ge=1)] = 10_000
+    """rows waiting in memory per worker; beyond that, rows go to the spool"""
     log_payloads: bool = False
+    """also store request and response bodies in the prediction log, capped at
+    `LOG_PAYLOAD_MAX_BYTES`
+    """
     log_payload_max_bytes: Annotated[int, Field(ge=0)] = 4096
-    spool_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool")
-    spool_max_bytes: int = Field(
-        default=1024**3,
-        ge=1024**2,
-        description="the whole spool directory's limit (shared by the replicas that mount it); "
-        "rows beyond it are counted as lost, not written",
+    """the cap on a stored body (the cap is stored in each row)"""
+    spool_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "torchdock-spool",
+        json_schema_extra={"documented_default": "`$TMPDIR/torchdock-spool`"},
     )
+    """where rows wait while Postgres is down; put it on a volume"""
+    spool_max_bytes: int = Field(default=1024**3, ge=1024**2)
+    """the spool directory's limit in bytes, across every worker sharing it; rows beyond it are
+    counted as lost
+    """
     prediction_lookup: bool = False
+    """enable `GET /v1/predictions/{prediction_id}` and `GET /v1/predictions?request_id=` (needs
+    `ADMIN_TOKEN`)
+    """
     # API keys (`torchdock keys`, kept in Postgres): off in the embedded mode, required in the
     # compose stack. Health and server metadata stay open for probes; /metrics is the
     # network's to guard (nginx keeps it in).
     api_keys: Literal["off", "required"] = "off"
+    """`required`: predictions (and model metadata) need an API key (see [API keys](api-keys.md));
+    needs `DATABASE_URL`
+    """
     api_keys_refresh_s: Annotated[float, Field(gt=0)] = 5.0
+    """how often each worker rereads the keys table: a revoked key stops within this"""
     api_keys_protect_metadata: bool = True
-    api_key_rate_limit: str | None = Field(
-        default=None, description="each key's limit unless its own is set, e.g. '50/second'"
-    )
-    rate_limit_failure: Literal["open", "closed"] = Field(
-        default="open", description="what happens to keyed requests while Redis cannot count"
-    )
+    """model metadata and readiness (`/v1/models`, `/v2/models/...`) need a key too"""
+    api_key_rate_limit: str | None = None
+    """each key's limit unless it has its own, e.g. `50/second` (the stack: `100/second`)"""
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    """while Redis cannot count: `open` lets keyed requests through, `closed` answers 503"""
     admin_token: SecretStr | None = None
-    admin_token_file: Path | None = Field(
-        default=None,
-        description="A file holding the admin token (a Docker or Kubernetes secret), so that"
-        " the token is not in the environment.",
-    )
+    """bearer token for the admin endpoints and the repository API: at least 32 characters
+    (`openssl rand -hex 32`); masked, compared in constant time
+    """
+    admin_token_file: Path | None = None
+    """a file holding the admin token (a Docker or Kubernetes secret); not with `ADMIN_TOKEN`"""
 
     @model_validator(mode="before")
     @classmethod

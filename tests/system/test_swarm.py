@@ -158,4 +158,3 @@ def test_swarm_rolls_forward_rolls_back_and_scales_without_failing_a_request(
     assert load.failures == [], load.explain()
     assert running_api_tasks() == 3
     assert len(load.replicas) >= 5, "the new tasks must get traffic once nginx sees them"
-
