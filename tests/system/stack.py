@@ -20,6 +20,7 @@ import numpy as np
 
 from tests.system.docker_cli import ROOT, docker
 from tests.system.server import free_port
+from tests.traffic import Traffic
 
 API_IMAGE = "torchdock:test"
 DIGITS = "/v1/models/digits:predict"
@@ -203,7 +204,7 @@ def running_stack(
         stack.script("down", "--volumes")
 
 
-class Load:
+class Load(Traffic):
     """Digits predictions at a steady rate from a few threads, each outcome recorded.
 
     The inputs are random, so that every request is computed (a cache miss), and the rate stays
@@ -215,26 +216,14 @@ class Load:
     """
 
     def __init__(self, stack: Stack, *, rate: float = 40.0, threads: int = 4) -> None:
+        super().__init__(threads=threads, rate=rate)
         self.stack = stack
-        self.interval = threads / rate
         self.outcomes: list[int | str] = []
         self.failed: list[str] = []  # what nginx and the replica said about each failure
         self.replicas: Counter[str] = Counter()
         self.model_versions: list[str] = []  # X-Model-Version of each success, in order
         self.resent = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        self._rngs = [np.random.default_rng(i + int(time.time())) for i in range(threads)]
 
     @property
     def failures(self) -> list[int | str]:
@@ -247,33 +236,32 @@ class Load:
         lines = [line for line in access if any(i in line for i in ids if i != "None")]
         return "\n".join([*self.failed, *lines])
 
-    def _run(self, seed: int) -> None:
-        rng = np.random.default_rng(seed + int(time.time()))
-        with self.stack.client() as client:
-            due = time.monotonic()
-            while not self._stop.is_set():
-                outcome: int | str
-                image = rng.random((8, 8)) * 16
-                try:
-                    try:
-                        response = self.stack.predict(client, image)
-                    except httpx.RemoteProtocolError:
-                        with self._lock:
-                            self.resent += 1
-                        response = self.stack.predict(client, image)
-                    outcome = response.status_code
-                    replica = response.headers.get("x-replica-id", "-")
-                    if outcome == 200:
-                        with self._lock:
-                            self.model_versions.append(response.headers["x-model-version"])
-                    if outcome != 200:
-                        self.failed.append(f"{response.headers.get('x-request-id')}: "
-                                           f"{response.text[:300]}")  # fmt: skip
-                except httpx.HTTPError as e:
-                    outcome, replica = type(e).__name__, "-"
-                    self.failed.append(repr(e))
-                with self._lock:
-                    self.outcomes.append(outcome)
-                    self.replicas[replica] += 1
-                due += self.interval
-                time.sleep(max(0.0, due - time.monotonic()))
+    def connect(self) -> httpx.Client:
+        return self.stack.client()
+
+    def send(self, client: httpx.Client, thread: int) -> None:
+        outcome: int | str
+        image = self._rngs[thread].random((8, 8)) * 16
+        try:
+            try:
+                response = self.stack.predict(client, image)
+            except httpx.RemoteProtocolError:
+                with self.lock:
+                    self.resent += 1
+                response = self.stack.predict(client, image)
+            outcome = response.status_code
+            replica = response.headers.get("x-replica-id", "-")
+            with self.lock:
+                if outcome == 200:
+                    self.model_versions.append(response.headers["x-model-version"])
+                else:
+                    self.failed.append(
+                        f"{response.headers.get('x-request-id')}: {response.text[:300]}"
+                    )
+        except httpx.HTTPError as e:
+            outcome, replica = type(e).__name__, "-"
+            with self.lock:
+                self.failed.append(repr(e))
+        with self.lock:
+            self.outcomes.append(outcome)
+            self.replicas[replica] += 1

@@ -6,7 +6,6 @@ Load comes from four threads, each with its own connection, so that both workers
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import torch
 
 from service.packaging.package import PackageRequest, package_module
 from tests.system.server import ServerProcess
+from tests.traffic import Traffic
 
 pytestmark = pytest.mark.system
 
@@ -37,40 +37,28 @@ def add_version(repo: Path, version: int) -> None:
     )
 
 
-class Traffic:
-    """Predictions from several connections until stopped; every answer counted by status and
-    served version, for each worker's pid."""
+class TinyTraffic(Traffic):
+    """Predictions as fast as they come, every answer counted by status and served version."""
 
     def __init__(self, base_url: str, connections: int = 4) -> None:
+        super().__init__(threads=connections)
         self.base_url = base_url
         self.results: Counter[tuple[int, str]] = Counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(connections)]
 
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
+    def connect(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post("/v1/models/tiny:predict", json=BODY)
-                    key = (r.status_code, r.headers.get("X-Model-Version", ""))
-                except httpx.TransportError as e:
-                    key = (0, type(e).__name__)
-                with self._lock:
-                    self.results[key] += 1
+    def send(self, client: httpx.Client, thread: int) -> None:
+        try:
+            r = client.post("/v1/models/tiny:predict", json=BODY)
+            key = (r.status_code, r.headers.get("X-Model-Version", ""))
+        except httpx.TransportError as e:
+            key = (0, type(e).__name__)
+        with self.lock:
+            self.results[key] += 1
 
     def failures(self) -> dict[tuple[int, str], int]:
-        with self._lock:
+        with self.lock:
             return {k: n for k, n in self.results.items() if k[0] != 200}
 
 
@@ -105,7 +93,7 @@ def test_explicit_load_switches_both_workers_with_no_error(
 ) -> None:
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{explicit_server.port}")
     add_version(repo, 2)
-    with Traffic(explicit_server.base_url) as traffic:
+    with TinyTraffic(explicit_server.base_url) as traffic:
         time.sleep(1)
         client.load_model("tiny", headers=AUTH)  # tritonclient, unchanged
         # Answered only once both workers serve version 2: nothing older from here on, on
@@ -149,7 +137,7 @@ def test_explicit_load_switches_both_workers_with_no_error(
 def test_poll_follows_the_repository_under_load(repo: Path, tmp_path: Path) -> None:
     server = start(repo, tmp_path, MODEL_CONTROL="poll", MODEL_POLL_S="0.3")
     try:
-        with Traffic(server.base_url) as traffic:
+        with TinyTraffic(server.base_url) as traffic:
             time.sleep(1)
             add_version(repo, 2)
             _until(lambda: _all_recent(server, "2"))
