@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from tests.system.docker_cli import ROOT, docker
-from tests.system.server import free_port
+from tests.system.server import free_port, wait_until
 from tests.traffic import Traffic
 
 API_IMAGE = "torchdock:test"
@@ -154,18 +154,6 @@ class Stack:
         response.raise_for_status()
         result: list[dict[str, Any]] = response.json()["data"]["result"]
         return result
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (AssertionError, httpx.HTTPError, ValueError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}")
 
 
 @contextmanager

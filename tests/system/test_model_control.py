@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from service.packaging.package import PackageRequest, package_module
-from tests.system.server import ServerProcess
+from tests.system.server import ServerProcess, wait_until
 from tests.traffic import Traffic
 
 pytestmark = pytest.mark.system
@@ -140,9 +140,11 @@ def test_poll_follows_the_repository_under_load(repo: Path, tmp_path: Path) -> N
         with TinyTraffic(server.base_url) as traffic:
             time.sleep(1)
             add_version(repo, 2)
-            _until(lambda: _all_recent(server, "2"))
+            wait_until(
+                lambda: _all_recent(server, "2"), 30, "both workers on version 2", interval=0.1
+            )
             shutil.rmtree(repo / "tiny" / "1")
-            _until(lambda: _versions(server) == ["2"])
+            wait_until(lambda: _versions(server) == ["2"], 30, "version 1 unloaded", interval=0.1)
             time.sleep(1)
         assert traffic.failures() == {}
         assert {v for (_, v) in traffic.results} == {"1", "2"}
@@ -160,10 +162,3 @@ def _all_recent(server: ServerProcess, version: str) -> bool:
 def _versions(server: ServerProcess) -> list[str]:
     models = httpx.get(f"{server.base_url}/v1/models").json()["models"]
     return [v["version"] for v in models[0]["versions"]]
-
-
-def _until(check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)

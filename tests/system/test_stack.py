@@ -25,7 +25,8 @@ import pytest
 from tests.digits_data import held_out
 from tests.system.docker_cli import ROOT, docker
 from tests.system.monitoring_rules import recording_rules
-from tests.system.stack import API_IMAGE, DIGITS, Load, Stack, running_stack, wait_until
+from tests.system.server import wait_until
+from tests.system.stack import API_IMAGE, DIGITS, Load, Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

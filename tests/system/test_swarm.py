@@ -17,8 +17,8 @@ import pytest
 
 from tests.system.docker_cli import ROOT, docker
 from tests.system.releases import BROKEN, VERSION_2, build, publish
-from tests.system.server import free_port
-from tests.system.stack import API_IMAGE, Load, Stack, wait_until
+from tests.system.server import free_port, wait_until
+from tests.system.stack import API_IMAGE, Load, Stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
