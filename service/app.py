@@ -17,13 +17,16 @@ from service import __version__
 from service.api.deps import AppState
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import admin, ops, repository, v1, v2
+from service.api.routes import admin, ops, repository, rollouts, v1, v2
 from service.config import Settings, get_settings
 from service.keys.rate_limit import KeyRateLimiter
 from service.keys.ring import KeyRing
 from service.lifecycle import Lifecycle
 from service.observability import metrics
 from service.observability.logging import configure_logging
+from service.rollouts.guard import CanaryGuard
+from service.rollouts.shadow import ShadowRunner
+from service.rollouts.table import RoutingTable
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import DecodeThreads, TorchThread
 from service.runtime.inference import InferenceService
@@ -125,6 +128,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model_control = ModelController(settings, registry, control_dir)
         decode_threads = DecodeThreads(threads=settings.decode_threads)
         key_ring, rate_limiter = build_key_checks(settings)
+        routing = RoutingTable(settings, settings.database_conninfo())
+        shadows = ShadowRunner(
+            queue_size=settings.shadow_queue_size,
+            record=prediction_log.record if prediction_log.enabled else None,
+            replica_id=settings.replica_id,
+        )
+        guard = CanaryGuard(routing, registry.default_version)
         app.state.torchdock = AppState(
             settings=settings,
             registry=registry,
@@ -135,13 +145,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decode_threads=decode_threads,
             key_ring=key_ring,
             rate_limiter=rate_limiter,
+            routing=routing,
+            shadows=shadows,
         )
         lifecycle.install_sigterm_hook(asyncio.get_running_loop())
         await prediction_log.start()  # its migrations come first: the keys table is one
         if key_ring is not None:
             await key_ring.start()
+        await routing.start()
         await registry.load_all()
         await model_control.start()
+        shadows.start()
+        guard.start()
         logger.info("readiness", extra={"ready": registry.ready})
         metrics.WORKERS_READY.set(1)
         # Everything alive now (torch modules, tokenizers, the app) lives as long as the worker.
@@ -154,6 +169,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.WORKERS_READY.set(0)
             lifecycle.begin_drain()
             try:
+                await guard.stop()
+                await shadows.stop()
+                await routing.stop()
                 await model_control.stop()
                 if key_ring is not None:
                     await key_ring.stop()
@@ -184,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(admin.router)
     app.include_router(repository.router)
+    app.include_router(rollouts.router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -13,6 +13,7 @@ from pathlib import Path
 from service.config import ConfigError, Settings, load_settings
 from service.keys import cli as keys_cli
 from service.packaging import cli as package_cli
+from service.rollouts import cli as rollout_cli
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.set_defaults(func=_db_stats)
 
     keys_cli.add_parser(commands, _database_conninfo)
+    rollout_cli.add_parser(commands, _database_conninfo)
     return parser
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from service.keys.rate_limit import check_rate_limit
+from service.rollouts.policy import RoutingPolicy
 from service.runtime.version_policy import VersionPolicy
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -43,6 +44,7 @@ class ModelOverrides(BaseModel):
     cache_ttl_s: Annotated[int, Field(ge=1)] | None = None
     cache_max_value_bytes: Annotated[int, Field(ge=64)] | None = None
     version_policy: str | None = None
+    routing: RoutingPolicy | None = None
 
     @field_validator("version_policy")
     @classmethod
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
     """
     allow_pickled_artifacts: bool = False
     """load artifacts that can run code when loaded (pickled weights, compiled libraries)"""
+
+    # Rollouts
+    routing_refresh_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """how often each worker rereads the stored routing policies (canary, shadow): every
+    worker and replica follows a change within this"""
+    shadow_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
+    """requests that may wait per worker for their shadow version; beyond, a shadow request is
+    dropped (and counted), never waited for"""
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.

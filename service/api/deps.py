@@ -11,6 +11,8 @@ from service.config import Settings
 from service.keys.rate_limit import KeyRateLimiter
 from service.keys.ring import KeyRing
 from service.lifecycle import Lifecycle
+from service.rollouts.shadow import ShadowRunner
+from service.rollouts.table import RoutingTable
 from service.runtime.executor import DecodeThreads
 from service.runtime.inference import InferenceService
 from service.runtime.model_control import ModelController
@@ -27,6 +29,8 @@ class AppState:
     prediction_log: PredictionLog = field(default_factory=NullLog)
     model_control: ModelController = field(kw_only=True)
     decode_threads: DecodeThreads = field(kw_only=True)
+    routing: RoutingTable = field(kw_only=True)
+    shadows: ShadowRunner = field(kw_only=True)
     # Both None unless API_KEYS=required.
     key_ring: KeyRing | None = field(default=None, kw_only=True)
     rate_limiter: KeyRateLimiter | None = field(default=None, kw_only=True)

@@ -20,9 +20,11 @@ from service.api.api_keys import API_KEY_STATE
 from service.api.deps import AppState
 from service.api.errors import problem_from_runtime
 from service.api.problems import Problem
+from service.api.routing import Routed, routed_model
 from service.observability import metrics
 from service.observability.logging import request_id_var
-from service.runtime.errors import ModelNotFound, RuntimeProblem, TooManyInstances
+from service.rollouts.shadow import ShadowRequest
+from service.runtime.errors import ModelNotFound, ModelNotReady, RuntimeProblem, TooManyInstances
 from service.runtime.inference import Outcome
 from service.runtime.model import LoadedModel
 from service.runtime.repository import version_number
@@ -30,19 +32,6 @@ from service.storage.prediction_log import PREDICTION_ID_STATE, PredictionRow
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 Payload = TypeVar("Payload")
-
-
-def parse_version(version: str | None, *, model: str) -> int | None:
-    if version is None:
-        return None
-    number = version_number(version)
-    if number is None:
-        raise ModelNotFound(f"model {model!r} has no version {version!r}")
-    return number
-
-
-def resolve_model(state: AppState, name: str, version: str | None) -> LoadedModel:
-    return state.registry.get(name, parse_version(version, model=name))
 
 
 def deadline_for(request: Request, state: AppState, started: float) -> float:
@@ -133,6 +122,7 @@ class PredictionRecord:
         self.started = time.monotonic()
         self.created_at = dt.datetime.now(dt.UTC)
         self.model: LoadedModel | None = None
+        self.routed: Routed | None = None
         self.outcome: Outcome | None = None
         self.response: Response | None = None
         self.request_body: bytes | None = None
@@ -146,12 +136,42 @@ class PredictionRecord:
     def __enter__(self) -> PredictionRecord:
         return self
 
-    def use(self, model: LoadedModel) -> LoadedModel:
-        """The model this request runs on; held until the request ends, so that unloading the
-        version waits for it."""
+    def route(self) -> LoadedModel:
+        """The version this request runs on (the one it names, or its routing policy's
+        choice); held until the request ends, so that unloading the version waits for it."""
+        self.routed = routed_model(self.state, self.request, self.name, self.version)
+        model = self.model = self.routed.model
         model.acquire()
-        self.model = model
         return model
+
+    async def predict(self, items: Sequence[Any]) -> Outcome:
+        """The predictions of items whose count the route has checked; a shadow version, if
+        the policy names one, gets the same items once they are answered."""
+        assert self.model is not None
+        self.outcome = await predict(self.state, self.request, self.model, items, self.started)
+        self._shadow(items, self.outcome.predictions)
+        return self.outcome
+
+    def _shadow(self, items: Sequence[Any], predictions: list[Any]) -> None:
+        policy = self.routed.policy if self.routed else None
+        if policy is None or policy.shadow is None or self.model is None:
+            return
+        try:
+            shadow = self.state.registry.get(self.name, policy.shadow.version)
+        except (ModelNotFound, ModelNotReady):
+            return  # not loaded here (yet): nothing to compare
+        shadow.acquire()
+        self.state.shadows.offer(
+            ShadowRequest(
+                model=shadow,
+                items=items,
+                primary=predictions,
+                primary_version=self.model.version,
+                request_id=request_id_var.get() or "",
+                client_addr=self.request.client.host if self.request.client else None,
+                api_key_id=self.request.scope.get("state", {}).get(API_KEY_STATE),
+            )
+        )
 
     async def capture_body(self) -> None:
         """Keep the request body for the row, when payloads are logged (FastAPI caches it)."""
@@ -180,7 +200,14 @@ class PredictionRecord:
         metrics.prediction_requests(*labels, status).inc()
         if model is not None:
             # Every outcome, errors included: a deadline that expires is a slow request too.
-            metrics.REQUEST_LATENCY.labels(*labels).observe(time.monotonic() - self.started)
+            elapsed = time.monotonic() - self.started
+            metrics.REQUEST_LATENCY.labels(*labels).observe(elapsed)
+            role = self.routed.role if self.routed else "primary"
+            metrics.routed_requests(*labels, role, status).inc()
+            metrics.routed_latency(*labels, role).observe(elapsed)
+            if self.response is not None and self.routed and self.routed.policy:
+                # The response the route is about to return: which side of a rollout served.
+                self.response.headers["X-Routing-Role"] = role
         if self.state.prediction_log.enabled:
             self.state.prediction_log.record(self._row(status, error_type))
 
@@ -219,6 +246,8 @@ class PredictionRecord:
             error_type=error_type,
             prediction_id=self.prediction_id,
             api_key_id=self.request.scope.get("state", {}).get(API_KEY_STATE),
+            role=self.routed.role if self.routed else "primary",
+            compared_version=self.routed.primary_version if self.routed else None,
         )
 
 

@@ -117,6 +117,58 @@ WORKERS_READY = Gauge(
 )
 
 
+# Rollouts: which version served a request and in what role, what the shadows did, and the
+# policy each worker follows (livemin: a worker that lags behind a change shows).
+_ROLE = (*_MODEL, "role")
+ROUTED_REQUESTS = Counter(
+    "torchdock_routed_requests_total",
+    "Prediction requests by the version that served them, its role (primary or canary) and "
+    "status code.",
+    (*_ROLE, "status"),
+)
+ROUTED_LATENCY = Histogram(
+    "torchdock_routed_request_duration_seconds",
+    "Total time of a prediction request, by the version that served it and its role.",
+    _ROLE,
+    buckets=_LATENCY_BUCKETS,
+)
+SHADOW_PREDICTIONS = Counter(
+    "torchdock_shadow_predictions_total",
+    "Requests sent to a shadow version, by outcome: computed, dropped (the shadow queue was "
+    "full), or failed.",
+    (*_MODEL, "outcome"),
+)
+SHADOW_LATENCY = Histogram(
+    "torchdock_shadow_duration_seconds",
+    "Time a shadow version took to compute one request's instances.",
+    _MODEL,
+    buckets=_LATENCY_BUCKETS,
+)
+SHADOW_AGREEMENT = Histogram(
+    "torchdock_shadow_agreement",
+    "Agreement of a shadow version with the primary on the same instances: top-1 agreement "
+    "(classifiers) or mean cosine (embeddings), from 0 to 1; max abs diff for tensors.",
+    (*_MODEL, "kind"),
+    buckets=(0.0, 1e-6, 1e-4, 0.01, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0),
+)
+CANARY_PERCENT = Gauge(
+    "torchdock_routing_canary_percent",
+    "The share of a model's unversioned requests that its canary version serves.",
+    _MODEL,
+    multiprocess_mode="livemax",
+)
+ROUTING_REVISION = Gauge(
+    "torchdock_routing_policy_revision",
+    "The revision of a model's stored routing policy that the workers follow (the lowest).",
+    ("model_name",),
+    multiprocess_mode="livemin",
+)
+CANARY_ABORTS = Counter(
+    "torchdock_canary_aborts_total",
+    "Canaries that the guard aborted by itself, by reason (errors, latency).",
+    (*_MODEL, "reason"),
+)
+
 CACHE_RESULTS = Counter(
     "torchdock_cache_instances_total",
     "Instances looked up in the prediction cache, by result (hit, miss).",
@@ -207,6 +259,16 @@ def prediction_requests(model: str, version: str, status: int) -> Counter:
 
 
 @lru_cache(maxsize=256)
+def routed_requests(model: str, version: str, role: str, status: int) -> Counter:
+    return ROUTED_REQUESTS.labels(model, version, role, str(status))
+
+
+@lru_cache(maxsize=256)
+def routed_latency(model: str, version: str, role: str) -> Histogram:
+    return ROUTED_LATENCY.labels(model, version, role)
+
+
+@lru_cache(maxsize=256)
 def http_latency(method: str, route: str) -> Histogram:
     return HTTP_LATENCY.labels(method, route)
 
@@ -233,10 +295,20 @@ def _has_header(path: str) -> bool:
         return False
 
 
-def render_latest() -> tuple[bytes, str]:
-    """The exposition text for every live process (multiprocess mode) or this one."""
+def _registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _StartedProcessesCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for every live process (multiprocess mode) or this one."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def collect(name: str) -> list[Metric]:
+    """The series of one metric family, summed over every live process: what a scrape of this
+    server would read."""
+    return [m for m in _registry().collect() if m.name == name]

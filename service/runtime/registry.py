@@ -251,6 +251,10 @@ class ModelRegistry:
             raise ModelNotFound(f"model {name!r} has no version {chosen}")
         return state
 
+    def default_version(self, name: str) -> int | None:
+        entry = self.entries.get(name)
+        return entry.default_version if entry is not None and entry.versions else None
+
     def get(self, name: str, version: int | None = None) -> LoadedModel:
         state = self.state(name, version)
         if state.model is None:

@@ -61,6 +61,12 @@ class PredictionRow:
     # The row's own key; spool lines of earlier releases have none, and get one on replay.
     prediction_id: uuid.UUID = field(default_factory=uuid.uuid4)
     api_key_id: str | None = None
+    # Rollouts (migration 0006): how the row was served, and for a shadow, the version it
+    # shadowed and how far apart the two were on these instances.
+    role: str = "primary"
+    compared_version: int | None = None
+    agreement: float | None = None
+    agreement_kind: str | None = None
 
     def to_json(self) -> bytes:
         data = asdict(self)

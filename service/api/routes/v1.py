@@ -14,8 +14,6 @@ from service.api.inference import (
     check_instance_count,
     decoded,
     json_response,
-    predict,
-    resolve_model,
 )
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import PredictRequest
@@ -70,12 +68,12 @@ async def predict_instances(
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
-        model = record.use(resolve_model(state, name, version))
+        model = record.route()
         rows = body.rows([spec.name for spec in model.manifest.inputs])
         record.instances = len(rows)
         check_instance_count(model, len(rows))
         items = await decoded(state, model, model.handler.instances_from_json, rows)
-        outcome = record.outcome = await predict(state, request, model, items, record.started)
+        outcome = await record.predict(items)
         record.response = json_response(
             {
                 "model_name": model.name,

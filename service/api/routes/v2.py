@@ -15,11 +15,9 @@ from service.api.inference import (
     check_instance_count,
     decoded,
     json_response,
-    parse_version,
-    predict,
-    resolve_model,
 )
 from service.api.json_route import OrjsonRoute
+from service.api.routing import parse_version
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
 from service.api.versioned_route import versioned_route
@@ -96,7 +94,7 @@ async def infer(
 ) -> Response:
     with PredictionRecord(state, request, name, version) as record:
         await record.capture_body()
-        model = record.use(resolve_model(state, name, version))
+        model = record.route()
         manifest = model.manifest
         tensors = decode_inputs(body.inputs, manifest.inputs)
         record.instances = len(next(iter(tensors.values())))
@@ -105,7 +103,7 @@ async def infer(
         requested = [o.name for o in body.outputs] if body.outputs is not None else None
         # Checked before compute, so that a bad `outputs` list costs no forward pass.
         selected = select_outputs(manifest.outputs, requested)
-        outcome = record.outcome = await predict(state, request, model, items, record.started)
+        outcome = await record.predict(items)
         outputs = encode_outputs(
             model.handler.predictions_to_tensors(outcome.predictions), selected
         )

@@ -24,6 +24,15 @@ Pred = TypeVar("Pred")
 
 
 @dataclass(frozen=True, slots=True)
+class Agreement:
+    """How close two versions' predictions on the same instances are. `top1` and `cosine` go
+    from 0 to 1 (1: the same); `max_abs_diff` from 0 (the same) up."""
+
+    kind: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """The model's CPU input tensors, and what postprocess needs to know about them."""
 
@@ -88,3 +97,16 @@ class ModelHandler(ABC, Generic[Item, Pred]):
     @abstractmethod
     def warmup_items(self) -> list[Item]:
         """Representative inputs for the warm-up forward that gates readiness."""
+
+    def agreement(self, ours: Sequence[Pred], theirs: Sequence[Pred]) -> Agreement:
+        """How far another version's predictions are from these (shadow rollouts): by default,
+        the largest absolute difference of any output; a task with a better measure overrides it."""
+        a, b = self.predictions_to_tensors(ours), self.predictions_to_tensors(theirs)
+        diffs = [
+            float(np.max(np.abs(a[name].astype(np.float64) - b[name].astype(np.float64))))
+            if a[name].shape == b[name].shape
+            else float("inf")
+            for name in a
+            if name in b and a[name].size
+        ]
+        return Agreement("max_abs_diff", max(diffs, default=0.0))

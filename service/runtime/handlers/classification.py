@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from service.runtime.handlers.base import ModelHandler, Prepared
+from service.runtime.handlers.base import Agreement, ModelHandler, Prepared
 from service.runtime.manifest import Manifest
 
 Item = TypeVar("Item")
@@ -65,6 +65,12 @@ class ClassifierHandler(ModelHandler[Item, Classification], Generic[Item]):
             "label": np.array([p.label for p in predictions], dtype=np.int64),
             "probabilities": np.stack([p.probabilities for p in predictions]),
         }
+
+    def agreement(
+        self, ours: Sequence[Classification], theirs: Sequence[Classification]
+    ) -> Agreement:
+        same = sum(a.label == b.label for a, b in zip(ours, theirs, strict=True))
+        return Agreement("top1", same / len(ours) if ours else 1.0)
 
     def encode_prediction(self, prediction: Classification) -> bytes:
         return _LABEL.pack(prediction.label) + prediction.probabilities.astype("<f4").tobytes()

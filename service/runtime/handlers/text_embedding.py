@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.handlers.base import ModelHandler, Prepared
+from service.runtime.handlers.base import Agreement, ModelHandler, Prepared
 from service.runtime.handlers.text import TextInputs, TextItems
 from service.runtime.manifest import Manifest
 
@@ -40,6 +40,14 @@ class TextEmbeddingHandler(TextItems, ModelHandler[str, Embedding]):
             "embedding": np.stack([p.vector for p in predictions]),
             "truncated": np.array([p.truncated for p in predictions], dtype=np.bool_),
         }
+
+    def agreement(self, ours: Sequence[Embedding], theirs: Sequence[Embedding]) -> Agreement:
+        cosines = [
+            float(np.dot(a.vector, b.vector))
+            / max(float(np.linalg.norm(a.vector) * np.linalg.norm(b.vector)), 1e-12)
+            for a, b in zip(ours, theirs, strict=True)
+        ]
+        return Agreement("cosine", float(np.mean(cosines)) if cosines else 1.0)
 
     def encode_prediction(self, prediction: Embedding) -> bytes:
         header = _HEADER.pack(prediction.tokens, prediction.truncated)

@@ -1,0 +1,68 @@
+"""The stored policies in real Postgres: revisions, refused stale writes, history, and every
+worker's table following them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from service.config import Settings
+from service.rollouts.policy import RoutingPolicy
+from service.rollouts.store import StaleRevision, load_events, load_policies, save_policy
+from service.rollouts.table import RolloutsUnavailable, RoutingTable
+from service.storage import migrate
+
+pytestmark = pytest.mark.integration
+
+CANARY = RoutingPolicy.model_validate({"default": 1, "canary": {"version": 2, "percent": 10}})
+
+
+async def test_revisions_history_and_stale_writes(database_url: str) -> None:
+    await migrate.upgrade(database_url)
+    first = await save_policy(database_url, "digits", CANARY, action="set", expected=0)
+    assert first.revision == 1
+    second = await save_policy(
+        database_url, "digits", RoutingPolicy(default=1), action="abort", reason="by hand",
+        expected=1,
+    )  # fmt: skip
+    assert second.revision == 2
+    with pytest.raises(StaleRevision, match="at revision 2, not 1"):
+        await save_policy(database_url, "digits", CANARY, action="set", expected=1)
+    stored = await load_policies(database_url)
+    assert stored["digits"].policy == RoutingPolicy(default=1)
+    assert stored["digits"].revision == 2
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    events = await load_events(database_url, "digits", since=since)
+    assert [(e["revision"], e["action"], e["reason"]) for e in events] == [
+        (1, "set", None),
+        (2, "abort", "by hand"),
+    ]
+
+
+async def test_workers_follow_the_store_over_their_settings(database_url: str) -> None:
+    await migrate.upgrade(database_url)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, model_settings={"digits": {"routing": CANARY.model_dump()}}
+    )
+    one, other = RoutingTable(settings, database_url), RoutingTable(settings, database_url)
+    await one.start()
+    await other.start()
+    try:
+        assert one.policy_for("digits") == CANARY and one.revision("digits") == 0
+        await one.save("digits", RoutingPolicy(default=1), action="abort", expected=0)
+        assert one.policy_for("digits") == RoutingPolicy(default=1)
+        assert other.policy_for("digits") == CANARY  # until it reads the store again
+        assert await other.refresh()
+        assert other.policy_for("digits") == RoutingPolicy(default=1)
+        assert other.revision("digits") == 1
+    finally:
+        await one.stop()
+        await other.stop()
+
+
+async def test_without_a_database_a_policy_cannot_be_shared() -> None:
+    table = RoutingTable(Settings(_env_file=None), None)  # type: ignore[call-arg]
+    with pytest.raises(RolloutsUnavailable):
+        await table.save("digits", CANARY, action="set")
+    assert table.policy_for("digits") is None
