@@ -130,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key_ring, rate_limiter = build_key_checks(settings)
         routing = RoutingTable(settings, settings.database_conninfo())
         shadows = ShadowRunner(
+            resolve=registry.get,
             queue_size=settings.shadow_queue_size,
+            max_busy=settings.shadow_max_busy,
             record=prediction_log.record if prediction_log.enabled else None,
             replica_id=settings.replica_id,
         )

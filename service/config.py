@@ -119,9 +119,12 @@ class Settings(BaseSettings):
     routing_refresh_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     """how often each worker rereads the stored routing policies (canary, shadow): every
     worker and replica follows a change within this"""
-    shadow_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
+    shadow_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 16
     """requests that may wait per worker for their shadow version; beyond, a shadow request is
     dropped (and counted), never waited for"""
+    shadow_max_busy: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """the share of time a worker may spend computing shadows: a shadow that needs more gets
+    fewer requests (the rest are dropped and counted), so that the primary keeps its CPU"""
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.

@@ -19,12 +19,13 @@ from starlette.responses import Response
 from service.api.api_keys import API_KEY_STATE
 from service.api.deps import AppState
 from service.api.errors import problem_from_runtime
+from service.api.middleware import ROUTED_STATE
 from service.api.problems import Problem
 from service.api.routing import Routed, routed_model
 from service.observability import metrics
 from service.observability.logging import request_id_var
 from service.rollouts.shadow import ShadowRequest
-from service.runtime.errors import ModelNotFound, ModelNotReady, RuntimeProblem, TooManyInstances
+from service.runtime.errors import RuntimeProblem, TooManyInstances
 from service.runtime.inference import Outcome
 from service.runtime.model import LoadedModel
 from service.runtime.repository import version_number
@@ -142,6 +143,10 @@ class PredictionRecord:
         self.routed = routed_model(self.state, self.request, self.name, self.version)
         model = self.model = self.routed.model
         model.acquire()
+        # Always written: a server may hand every request the same state mapping.
+        self.request.scope.setdefault("state", {})[ROUTED_STATE] = (
+            (model.version, self.routed.role) if self.routed.policy is not None else None
+        )
         return model
 
     async def predict(self, items: Sequence[Any]) -> Outcome:
@@ -156,14 +161,10 @@ class PredictionRecord:
         policy = self.routed.policy if self.routed else None
         if policy is None or policy.shadow is None or self.model is None:
             return
-        try:
-            shadow = self.state.registry.get(self.name, policy.shadow.version)
-        except (ModelNotFound, ModelNotReady):
-            return  # not loaded here (yet): nothing to compare
-        shadow.acquire()
         self.state.shadows.offer(
             ShadowRequest(
-                model=shadow,
+                model=self.name,
+                version=policy.shadow.version,
                 items=items,
                 primary=predictions,
                 primary_version=self.model.version,
@@ -205,9 +206,6 @@ class PredictionRecord:
             role = self.routed.role if self.routed else "primary"
             metrics.routed_requests(*labels, role, status).inc()
             metrics.routed_latency(*labels, role).observe(elapsed)
-            if self.response is not None and self.routed and self.routed.policy:
-                # The response the route is about to return: which side of a rollout served.
-                self.response.headers["X-Routing-Role"] = role
         if self.state.prediction_log.enabled:
             self.state.prediction_log.record(self._row(status, error_type))
 

@@ -22,6 +22,9 @@ from service.observability import metrics
 from service.observability.logging import request_id_var
 from service.storage.prediction_log import PREDICTION_ID_STATE
 
+# Set by a prediction that a routing policy placed: (version, role) for the response headers.
+ROUTED_STATE = "torchdock.routed"
+
 logger = logging.getLogger("torchdock.access")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -66,6 +69,13 @@ class RequestContextMiddleware:
                 prediction_id = scope.get("state", {}).get(PREDICTION_ID_STATE)
                 if prediction_id is not None:
                     headers.append((b"x-prediction-id", str(prediction_id).encode()))
+                routed = scope.get("state", {}).get(ROUTED_STATE)
+                if routed is not None:
+                    # Errors too: which side of a rollout failed is what a client reports.
+                    version, role = routed
+                    if not any(name == b"x-model-version" for name, _ in headers):
+                        headers.append((b"x-model-version", str(version).encode()))
+                    headers.append((b"x-routing-role", role.encode()))
                 if _draining(scope):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}

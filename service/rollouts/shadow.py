@@ -19,17 +19,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.observability import metrics
 from service.runtime.device import configure_torch_threads
+from service.runtime.errors import RuntimeProblem
 from service.runtime.model import LoadedModel
 from service.storage.prediction_log import PredictionRow
 
 logger = logging.getLogger(__name__)
 
 _LOWEST_PRIORITY = 19
+# A shadow request that waited longer is dropped: the comparison is of current traffic, and a
+# policy that stops shadowing stops costing CPU within seconds.
+_MAX_WAIT_S = 2.0
 
 
 def _lower_this_thread() -> None:
@@ -41,24 +45,30 @@ def _lower_this_thread() -> None:
 
 @dataclass
 class ShadowRequest:
-    model: LoadedModel  # acquired by `offer`'s caller; released here when done
+    model: str
+    version: int
     items: Sequence[Any]
     primary: Sequence[Any]  # the primary's predictions of the same items
     primary_version: int
     request_id: str
     client_addr: str | None
     api_key_id: str | None
+    offered_at: float = field(default_factory=time.monotonic)
 
 
 class ShadowRunner:
     def __init__(
         self,
         *,
+        resolve: Callable[[str, int], LoadedModel],
         queue_size: int,
+        max_busy: float,
         record: Callable[[PredictionRow], None] | None,
         replica_id: str,
     ) -> None:
+        self._resolve = resolve
         self._queue: asyncio.Queue[ShadowRequest] = asyncio.Queue(maxsize=queue_size)
+        self._max_busy = max_busy
         self._record = record
         self._replica_id = replica_id
         self._pool = ThreadPoolExecutor(
@@ -74,8 +84,6 @@ class ShadowRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty():
-            self._queue.get_nowait().model.release()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -84,11 +92,10 @@ class ShadowRunner:
 
     def offer(self, request: ShadowRequest) -> bool:
         """Queue the shadow request, or drop it when the queue is full; never waits."""
-        labels = (request.model.name, str(request.model.version))
         try:
             self._queue.put_nowait(request)
         except asyncio.QueueFull:
-            request.model.release()
+            labels = (request.model, str(request.version))
             metrics.SHADOW_PREDICTIONS.labels(*labels, "dropped").inc()
             return False
         return True
@@ -97,13 +104,29 @@ class ShadowRunner:
         loop = asyncio.get_running_loop()
         while True:
             request = await self._queue.get()
+            if time.monotonic() - request.offered_at > _MAX_WAIT_S:
+                labels = (request.model, str(request.version))
+                metrics.SHADOW_PREDICTIONS.labels(*labels, "dropped").inc()
+                continue
             try:
-                await self._run(loop, request)
+                # Resolved now, not when offered: a version unloaded meanwhile is skipped,
+                # and a queued request holds no version up from unloading.
+                model = self._resolve(request.model, request.version)
+            except RuntimeProblem:
+                continue
+            model.acquire()
+            try:
+                busy = await self._run(loop, model, request)
             finally:
-                request.model.release()
+                model.release()
+            # At most `max_busy` of the time computing: a slow shadow gets fewer requests
+            # (the queue drops the rest), the primaries keep their CPU.
+            await asyncio.sleep(busy * (1 / self._max_busy - 1))
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, request: ShadowRequest) -> None:
-        model = request.model
+    async def _run(
+        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, request: ShadowRequest
+    ) -> float:
+        """The shadow's prediction of the request, compared and logged; the seconds it took."""
         labels = (model.name, str(model.version))
         started = time.monotonic()
         try:
@@ -112,16 +135,18 @@ class ShadowRunner:
         except Exception as e:  # the shadow's failure is data, not the primary's problem
             logger.warning("shadow %s/%s failed: %s", *labels, e)
             metrics.SHADOW_PREDICTIONS.labels(*labels, "failed").inc()
-            self._log(request, started, status=500, error=type(e).__name__)
-            return
+            self._log(model, request, started, status=500, error=type(e).__name__)
+            return time.monotonic() - started
         seconds = time.monotonic() - started
         metrics.SHADOW_PREDICTIONS.labels(*labels, "computed").inc()
         metrics.SHADOW_LATENCY.labels(*labels).observe(seconds)
         metrics.SHADOW_AGREEMENT.labels(*labels, agreement.kind).observe(agreement.value)
-        self._log(request, started, agreement=(agreement.kind, agreement.value))
+        self._log(model, request, started, agreement=(agreement.kind, agreement.value))
+        return seconds
 
     def _log(
         self,
+        model: LoadedModel,
         request: ShadowRequest,
         started: float,
         *,
@@ -138,8 +163,8 @@ class ShadowRunner:
                 # Its own time: (request_id, created_at) is the key, and the primary's row
                 # has the request's start.
                 created_at=dt.datetime.now(dt.UTC),
-                model_name=request.model.name,
-                model_version=request.model.version,
+                model_name=model.name,
+                model_version=model.version,
                 client_addr=request.client_addr,
                 status_code=status,
                 cache_result="bypass",

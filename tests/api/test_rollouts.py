@@ -117,7 +117,10 @@ async def test_canary_share_sticky_keys_and_promotion(
 async def test_shadows_are_compared_off_the_request_path(
     make_settings: SettingsFactory, repo: Path, database_url: str
 ) -> None:
-    settings = make_settings(model_repository=repo, database_url=database_url, admin_token=TOKEN)
+    # Every shadow computed (no CPU share to keep): this test is about what they record.
+    settings = make_settings(
+        model_repository=repo, database_url=database_url, admin_token=TOKEN, shadow_max_busy=1
+    )
     async with serve(settings) as client:
         for shadow, count in ((2, 20), (3, 20)):
             policy = {"default": 1, "shadow": {"version": shadow}}

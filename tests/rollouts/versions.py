@@ -23,8 +23,9 @@ def copy_version(repo: Path, source: int, target: int, model: str = "digits") ->
 
 
 class OtherClassifier(nn.Module):
-    """Digits' interface, its own random weights; `work` square matmuls of `width` make it
-    as slow as asked without changing what it predicts."""
+    """Digits' interface, its own random weights; `work` products of a (64, width) by a
+    (width, width) matrix per instance make it as slow as asked without changing what it
+    predicts: few, large operations, like a real model's."""
 
     def __init__(self, seed: int, *, work: int = 0, width: int = 384) -> None:
         super().__init__()
@@ -36,10 +37,10 @@ class OtherClassifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         flat = pixels.flatten(1)  # (batch, 1, 8, 8), already scaled to [0, 1]
         if self.work:
-            busy = self.square.new_ones(pixels.shape[0], self.square.shape[0])
+            busy = self.square.new_ones(pixels.shape[0], 64, self.square.shape[0])
             for _ in range(self.work):
                 busy = torch.tanh(busy @ self.square)
-            flat = flat + 0.0 * busy.sum(dim=1, keepdim=True)
+            flat = flat + 0.0 * busy.sum(dim=(1, 2)).unsqueeze(1)
         return torch.softmax(self.head(flat), dim=1)
 
 
@@ -64,3 +65,17 @@ def package_classifier(repo: Path, version: int, module: nn.Module) -> None:
             precisions=(),
         ),
     )
+
+
+class FlakyClassifier(OtherClassifier):
+    """Fails every instance whose first pixel is at least 80% of the range: its index into a
+    table of four rows is then out of bounds (an error the forward pass raises at run time)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.table = nn.Parameter(torch.zeros(4), requires_grad=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        flat = pixels.flatten(1)
+        row = (flat[:, 0] * 5).long()
+        return torch.softmax(self.head(flat) + self.table[row].unsqueeze(1), dim=1)
