@@ -4,6 +4,10 @@ worker's table following them."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +70,29 @@ async def test_without_a_database_a_policy_cannot_be_shared() -> None:
     with pytest.raises(RolloutsUnavailable):
         await table.save("digits", CANARY, action="set")
     assert table.policy_for("digits") is None
+
+
+def test_the_rollout_command(database_url: str) -> None:
+    def rollout(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "torchdock"), "rollout", *args],
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    canary = '{"default": 1, "canary": {"version": 2, "percent": 10}}'
+    assert rollout("set", "--model", "digits", "--policy", canary).returncode == 0
+    shown = rollout("show")
+    assert shown.stdout.startswith("digits: revision 1, ")
+    assert '"percent": 10.0' in shown.stdout
+    promoted = rollout("promote", "--model", "digits", "--reason", "healthy")
+    assert promoted.returncode == 0 and '{"default": 2}' in promoted.stdout
+    again = rollout("abort", "--model", "digits")
+    assert again.returncode == 2 and "no canary to abort" in again.stderr
+    bad = rollout("set", "--model", "digits", "--policy", '{"canary": {"version": 2}}')
+    assert bad.returncode == 2 and "percent" in bad.stderr
+    report = rollout("report", "--model", "digits", "--since", "5m")
+    assert report.returncode == 0
+    assert "revision 2 promote" in report.stdout and "(healthy)" in report.stdout
