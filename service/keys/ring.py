@@ -7,8 +7,6 @@ keys loaded last keep working.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 
@@ -17,6 +15,7 @@ import psycopg
 from service.keys.keys import ApiKey, digest, key_id_of, matches
 from service.keys.store import load_keys
 from service.observability import metrics
+from service.periodic import PeriodicTask
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +31,14 @@ class KeyRing:
         self._keys: dict[str, ApiKey] = {}
         self.loaded = False
         self._healthy = True
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = PeriodicTask("api-keys-refresh", refresh_s, self.refresh)
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="api-keys-refresh")
+        self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            await self.refresh()
+        await self._refresher.stop()
 
     async def refresh(self) -> bool:
         try:

@@ -10,8 +10,6 @@ the first one win and the others a no-op.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -20,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.observability import metrics
+from service.periodic import PeriodicTask
 from service.rollouts.policy import Canary, RoutingPolicy, aborted
 from service.rollouts.store import StaleRevision
 from service.rollouts.table import RoutingTable
@@ -119,26 +118,14 @@ class CanaryGuard:
     ) -> None:
         self._table = table
         self._default_version = default_version
-        self._interval_s = interval_s
         self._snapshots: deque[tuple[float, dict[SeriesKey, Tally]]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._checker = PeriodicTask("canary-guard", interval_s, self.check)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="canary-guard")
+        self._checker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check()
-            except Exception:  # the guard must outlive any one bad reading
-                logger.exception("canary guard: check failed")
+        await self._checker.stop()
 
     async def check(self, now: float | None = None) -> list[str]:
         """One look at every canary; the models whose canary it aborted."""

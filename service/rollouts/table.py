@@ -7,8 +7,6 @@ a replica restarts. While Postgres is down, the policies read last stay in force
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 
@@ -16,6 +14,7 @@ import psycopg
 
 from service.config import Settings
 from service.observability import metrics
+from service.periodic import PeriodicTask
 from service.rollouts.policy import RoutingPolicy
 from service.rollouts.store import StoredPolicy, load_policies, save_policy
 
@@ -34,10 +33,9 @@ class RoutingTable:
             if overrides.routing is not None
         }
         self._conninfo = conninfo
-        self._refresh_s = settings.routing_refresh_s
         self._stored: dict[str, StoredPolicy] = {}
         self._healthy = True
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = PeriodicTask("routing-refresh", settings.routing_refresh_s, self.refresh)
         self._canaries: set[tuple[str, str]] = set()
         self._publish()
 
@@ -60,18 +58,10 @@ class RoutingTable:
         if self._conninfo is None:
             return
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="routing-refresh")
+        self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            await self.refresh()
+        await self._refresher.stop()
 
     async def refresh(self) -> bool:
         if self._conninfo is None:

@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.config import Settings
+from service.periodic import PeriodicTask
 from service.runtime.control import SharedModelControl
 from service.runtime.errors import (
     ModelControlDisabled,
@@ -36,7 +35,8 @@ class ModelController:
         self._registry = registry
         self._shared = SharedModelControl(control_dir) if self.mode == "explicit" else None
         self._applied = -1
-        self._task: asyncio.Task[None] | None = None
+        interval = EXPLICIT_CHECK_S if self._shared is not None else settings.model_poll_s
+        self._rounds = PeriodicTask(f"model-control:{self.mode}", interval, self._round)
 
     @property
     def mode(self) -> str:
@@ -49,22 +49,16 @@ class ModelController:
             errors = await self._registry.sync(state.models) if state.generation else {}
             self._acknowledge(state.generation, errors)
         if self.mode != "none":
-            self._task = asyncio.create_task(self._run(), name=f"model-control:{self.mode}")
+            self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._rounds.stop()
 
-    async def _run(self) -> None:
-        interval = EXPLICIT_CHECK_S if self._shared is not None else self._settings.model_poll_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.apply()
-            except ModelLoadError as e:  # the repository went away: keep what serves
-                logger.error("model control: %s", e)
+    async def _round(self) -> None:
+        try:
+            await self.apply()
+        except ModelLoadError as e:  # the repository went away: keep what serves
+            logger.error("model control: %s", e)
 
     async def apply(self) -> None:
         """One round: the shared state's models (explicit), or the repository's (poll)."""
