@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,17 @@ def test_the_int8_study_reports_every_scheme() -> None:
         assert f"| {scheme}" in completed.stdout
     assert "one layer alone" in completed.stdout
     assert "Greedy, least sensitive first" in completed.stdout
+
+
+def test_the_shadow_bench_reports_both_phases(postgres_admin_url: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.shadow", "--rounds", "1", "--seconds", "1",
+               "--work", "8"]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "TEST_DATABASE_URL": postgres_admin_url},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "server no shadow: p50" in completed.stdout
+    assert "server shadowed : p50" in completed.stdout
+    assert "client p99 ratio, shadowed / not:" in completed.stdout
+    assert "'computed':" in completed.stdout

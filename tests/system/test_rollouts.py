@@ -128,9 +128,9 @@ def test_canary_shadow_report_and_guard_under_load(
     for _ in range(2):
         set_policy(server, {"default": 1})
         time.sleep(2.5)  # the last round's queued shadows are dropped within 2 s
-        alone += [a[3] for a in Predictions(server.base_url, rate=50).run_for(8).answers]
+        alone += [a[3] for a in Predictions(server.base_url, rate=50).run_for(6).answers]
         set_policy(server, {"default": 1, "shadow": {"version": 3}})
-        shadowed += [a[3] for a in Predictions(server.base_url, rate=50).run_for(8).answers]
+        shadowed += [a[3] for a in Predictions(server.base_url, rate=50).run_for(6).answers]
     text = httpx.get(f"{server.base_url}/metrics").text
     shadow_s = sample_value(text, "torchdock_shadow_duration_seconds_sum", model_version="3")
     shadows = sample_value(text, "torchdock_shadow_duration_seconds_count", model_version="3")
