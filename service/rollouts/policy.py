@@ -15,7 +15,6 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["primary", "canary", "shadow"]
-ROLES: tuple[Role, ...] = ("primary", "canary", "shadow")
 # Shares are whole basis points: 0.01% is the finest canary.
 _BUCKETS = 10_000
 
@@ -79,9 +78,6 @@ class RoutingPolicy(BaseModel):
 class Route:
     version: int | None  # None: the model's default version
     role: Role
-
-
-PRIMARY = Route(None, "primary")
 
 
 def bucket(model: str, routing_key: str) -> int:

@@ -86,10 +86,6 @@ class ShadowRunner:
                 await self._task
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     def offer(self, request: ShadowRequest) -> bool:
         """Queue the shadow request, or drop it when the queue is full; never waits."""
         try:
