@@ -157,6 +157,12 @@ CANARY_PERCENT = Gauge(
     _MODEL,
     multiprocess_mode="livemax",
 )
+ROUTING_READ = Gauge(
+    "torchdock_routing_policies_read_timestamp_seconds",
+    "When the workers last read the stored routing policies (the oldest read of a live "
+    "worker; 0 until each has read once): a worker that cannot read them falls behind.",
+    multiprocess_mode="livemin",
+)
 ROUTING_REVISION = Gauge(
     "torchdock_routing_policy_revision",
     "The revision of a model's stored routing policy that the workers follow (the lowest).",

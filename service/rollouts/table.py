@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 import psycopg
 
@@ -37,6 +38,8 @@ class RoutingTable:
         self._healthy = True
         self._refresher = PeriodicTask("routing-refresh", settings.routing_refresh_s, self.refresh)
         self._canaries: set[tuple[str, str]] = set()
+        if conninfo is not None:
+            metrics.ROUTING_READ.set(0)  # shows this worker as behind until its first read
         self._publish()
 
     @property
@@ -66,6 +69,7 @@ class RoutingTable:
     async def refresh(self) -> bool:
         if self._conninfo is None:
             return False
+        started = time.time()
         try:
             stored = await load_policies(self._conninfo)
         except psycopg.errors.UndefinedTable:
@@ -77,8 +81,12 @@ class RoutingTable:
             return False
         if not self._healthy:
             logger.info("routing: read the policies again")
+        for model, ours in self._stored.items():
+            if ours.revision > (stored[model].revision if model in stored else 0):
+                # This worker saved it while the read was under way (rows are never deleted).
+                stored[model] = ours
         for model, entry in stored.items():
-            if entry.revision != self.revision(model):
+            if entry.revision > self.revision(model):
                 logger.info(
                     "routing: %s follows revision %d: %s",
                     model,
@@ -87,6 +95,7 @@ class RoutingTable:
                 )
         self._stored, self._healthy = stored, True
         self._publish()
+        metrics.ROUTING_READ.set(started)  # what it read is at least as new as this
         return True
 
     async def save(

@@ -7,13 +7,21 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.config import Settings
 from service.rollouts.policy import RoutingPolicy
-from service.rollouts.store import StaleRevision, load_events, load_policies, save_policy
+from service.rollouts.store import (
+    StaleRevision,
+    StoredPolicy,
+    load_events,
+    load_policies,
+    save_policy,
+)
 from service.rollouts.table import RolloutsUnavailable, RoutingTable
 from service.storage import migrate
 
@@ -63,6 +71,28 @@ async def test_workers_follow_the_store_over_their_settings(database_url: str) -
     finally:
         await one.stop()
         await other.stop()
+
+
+async def test_a_read_older_than_this_workers_own_save_does_not_undo_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrate.upgrade(database_url)
+    table = RoutingTable(Settings(_env_file=None), database_url)  # type: ignore[call-arg]
+    assert await table.refresh()
+    before_save = await load_policies(database_url)
+    await table.save("digits", CANARY, action="set", expected=0)
+
+    async def read_started_before_the_save(conninfo: str) -> dict[str, StoredPolicy]:
+        return before_save | {"other": StoredPolicy("other", CANARY, 4, dt.datetime.now(dt.UTC))}
+
+    monkeypatch.setattr("service.rollouts.table.load_policies", read_started_before_the_save)
+    read_from = time.time()
+    assert await table.refresh()
+    assert table.revision("digits") == 1 and table.policy_for("digits") == CANARY
+    assert table.revision("other") == 4
+    assert REGISTRY.get_sample_value("torchdock_routing_policies_read_timestamp_seconds") >= (
+        read_from
+    )
 
 
 async def test_without_a_database_a_policy_cannot_be_shared() -> None:

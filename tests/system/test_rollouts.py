@@ -85,8 +85,21 @@ class Predictions(Traffic):
 def set_policy(server: ServerProcess, policy: dict[str, Any]) -> dict[str, Any]:
     r = httpx.put(f"{server.base_url}{ROUTING}", json={"policy": policy}, headers=ADMIN)
     assert r.status_code == 200, r.text
-    time.sleep(3 * REFRESH_S)  # every worker rereads the store within REFRESH_S
+    wait_following(server, r.json()["revision"], since=time.time())
     return r.json()  # type: ignore[no-any-return]
+
+
+def wait_following(server: ServerProcess, revision: int, *, since: float) -> None:
+    """Until every worker has read the store since `since` and follows `revision` or later."""
+
+    def following() -> bool:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        read = sample_value(text, "torchdock_routing_policies_read_timestamp_seconds")
+        followed = sample_value(text, "torchdock_routing_policy_revision", model_name="digits")
+        return read > since and followed >= revision
+
+    wait_until(following, 20 * REFRESH_S, f"every worker following revision {revision}",
+               interval=REFRESH_S / 5)  # fmt: skip
 
 
 def p99(latencies: list[float]) -> float:
@@ -96,7 +109,7 @@ def p99(latencies: list[float]) -> float:
 @pytest.fixture
 def server(start_server: StartServer, repo_copy: Path, database_url: str) -> ServerProcess:
     copy_version(repo_copy, 1, 2)
-    package_classifier(repo_copy, 3, OtherClassifier(seed=3, work=240))
+    package_classifier(repo_copy, 3, OtherClassifier(seed=3, work=480))
     package_classifier(repo_copy, 4, FlakyClassifier(seed=4))
     return start_server(
         MODEL_REPOSITORY=str(repo_copy),
@@ -181,7 +194,7 @@ def test_canary_shadow_report_and_guard_under_load(
             interval=0.2,
         )
         aborted_after = time.monotonic() - started
-        time.sleep(3 * REFRESH_S)
+        wait_following(server, revision + 1, since=time.time())
         after = len(flaky.answers)
         time.sleep(2)
     view = httpx.get(f"{server.base_url}{ROUTING}", headers=ADMIN).json()
