@@ -1,6 +1,7 @@
 """What a slow shadow costs the primary: alternating phases without and with one.
 
     .venv/bin/python -m benchmarks.shadow [--rounds 6] [--seconds 5] [--rate 50] [--work 240]
+                                          [--control]
 
 `torchdock serve` (2 workers) with the bundled digits as version 1 and, as version 3, a
 classifier of the same interface doing `--work` large matrix products per instance (about
@@ -8,6 +9,7 @@ classifier of the same interface doing `--work` large matrix products per instan
 no policy (A), then shadowed by version 3 (B), then waits for the queued shadows to drain.
 Latency is read from the prediction log (the server's own `total_ms`, no client in it) and
 from the client; the report pools the rounds, so that a slow minute weighs on both sides.
+`--control` makes B the same as A (no shadow): the ratio it prints is this machine's noise.
 Postgres: a throwaway database made on TEST_DATABASE_URL's server (default: the local one).
 """
 
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--work", type=int, default=240)
+    parser.add_argument("--control", action="store_true", help="no shadow in B either")
     args = parser.parse_args(argv)
+    phases = [(phase, PHASES[0][1] if args.control else body) for phase, body in PHASES]
 
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     name = f"torchdock_bench_{uuid.uuid4().hex[:12]}"
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute(f'CREATE DATABASE "{name}"')
     database = psycopg.conninfo.make_conninfo(admin, dbname=name)
     repository = ensure_repository(None, models=("digits",))
-    package_classifier(repository, 3, OtherClassifier(seed=3, work=args.work))
+    package_classifier(repository, 3, OtherClassifier(seed=3, work=args.work), max_batch_size=8)
     log = Path(tempfile.mkdtemp(prefix="torchdock-shadow-")) / "server.log"
     env = {"MODELS": '["digits"]', "WORKERS": "2", "DATABASE_URL": database,
            "ADMIN_TOKEN": TOKEN, "ROUTING_REFRESH_S": "0.5"}  # fmt: skip
@@ -85,14 +89,28 @@ def main(argv: list[str] | None = None) -> int:
     client_ms: dict[str, list[float]] = {"A": [], "B": []}
 
     def policy(body: dict[str, object]) -> None:
+        """Set, and wait until every worker follows it (with its shadow loaded, if any)."""
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        httpx.put(server.url + ROUTING, json={"policy": body}, headers=headers).raise_for_status()
-        time.sleep(1.5)  # every worker follows within ROUTING_REFRESH_S
+        r = httpx.put(server.url + ROUTING, json={"policy": body}, headers=headers)
+        r.raise_for_status()
+        changed_at, deadline = time.time(), time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = httpx.get(server.url + "/metrics").text
+            if (
+                sample_value(text, "torchdock_routing_policies_read_timestamp_seconds") > changed_at
+                and sample_value(text, "torchdock_routing_policy_revision", model_name="digits")
+                >= r.json()["revision"]
+                and ("shadow" not in body or sample_value(
+                    text, "torchdock_shadow_ready", model_name="digits", model_version="3") == 1)
+            ):  # fmt: skip
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the workers did not follow {body} in 120 s")
 
     try:
         server.wait_ready()
         for _ in range(args.rounds):
-            for phase, body in PHASES:
+            for phase, body in phases:
                 policy(body)
                 start = dt.datetime.now(dt.UTC)
                 with Digits(server.url, args.rate) as load:
@@ -127,15 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = {o: sample_value(metrics, "torchdock_shadow_predictions_total",
                                 model_version="3", outcome=o)
                 for o in ("computed", "dropped", "failed")}  # fmt: skip
-    print(f"shadow forward {shadow[0] / shadow[1] * 1000:.1f} ms, "
-          f"{(shadow[0] / shadow[1]) / (forward[0] / forward[1]):.0f}x digits' "
-          f"({forward[0] / forward[1] * 1000:.2f} ms); shadow requests {outcomes}")  # fmt: skip
+    if shadow[1]:
+        print(f"shadow forward {shadow[0] / shadow[1] * 1000:.1f} ms, "
+              f"{(shadow[0] / shadow[1]) / (forward[0] / forward[1]):.0f}x digits' "
+              f"({forward[0] / forward[1] * 1000:.2f} ms); shadow requests {outcomes}")  # fmt: skip
+    else:
+        print("control: no shadow in either phase")
     for source, values in (("server", server_ms), ("client", client_ms)):
         for phase in ("A", "B"):
-            label = "no shadow" if phase == "A" else "shadowed "
+            label = (
+                "A, no shadow" if phase == "A" else "B, control " if args.control else "B, shadowed"
+            )
             print(f"{source} {label}: {_percentiles(values[phase])}")
         ratio = np.percentile(values["B"], 99) / np.percentile(values["A"], 99)
-        print(f"{source} p99 ratio, shadowed / not: {ratio:.2f}")
+        print(f"{source} p99 ratio, B / A: {ratio:.2f}")
     return 0
 
 

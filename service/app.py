@@ -26,6 +26,7 @@ from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.rollouts.guard import CanaryGuard
 from service.rollouts.shadow import ShadowRunner
+from service.rollouts.shadow_process import ShadowProcess
 from service.rollouts.table import RoutingTable
 from service.runtime.device import cpu_bf16_flags, resolve_device
 from service.runtime.executor import DecodeThreads, TorchThread
@@ -130,7 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key_ring, rate_limiter = build_key_checks(settings)
         routing = RoutingTable(settings, settings.database_conninfo())
         shadows = ShadowRunner(
-            resolve=registry.get,
+            resolve=registry.state,
+            process=ShadowProcess(settings),
+            wanted=routing.shadows,
             queue_size=settings.shadow_queue_size,
             max_busy=settings.shadow_max_busy,
             record=prediction_log.record if prediction_log.enabled else None,

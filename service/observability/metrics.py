@@ -144,6 +144,13 @@ SHADOW_LATENCY = Histogram(
     _MODEL,
     buckets=_LATENCY_BUCKETS,
 )
+SHADOW_READY = Gauge(
+    "torchdock_shadow_ready",
+    "1 when every live worker's shadow process holds the shadow version a policy names, "
+    "loaded and warmed up; 0 while one is loading it, or it failed to load.",
+    _MODEL,
+    multiprocess_mode="livemin",
+)
 SHADOW_AGREEMENT = Histogram(
     "torchdock_shadow_agreement",
     "Agreement of a shadow version with the primary on the same instances: top-1 agreement "

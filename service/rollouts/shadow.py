@@ -1,11 +1,11 @@
 """Shadow traffic: a request's instances, sent to the shadow version after the primary answered.
 
 Off the request path and bounded: `offer` never waits. A full queue drops the shadow request and
-counts it, so a slow shadow costs coverage, never the primary's latency. The shadow computes on
-a thread of its own at the lowest CPU priority (nice 19), not on the torch thread the primary
-versions share: a batch of a version 50x slower would otherwise hold every primary batch behind
-it, and at equal priority it would take half the CPU. Its result is never cached and never
-returned; its log row (role `shadow`) carries its agreement with the primary.
+counts it, so a slow shadow costs coverage, never the primary's latency. The shadow computes in
+a process of its own at the lowest CPU priority (service/rollouts/shadow_worker.py), and for at
+most SHADOW_MAX_BUSY of the time; the worker's thread only waits on its pipe. Its result is
+never cached and never returned; its log row (role `shadow`) carries its agreement with the
+primary.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import threading
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,24 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.observability import metrics
-from service.runtime.device import configure_torch_threads
+from service.rollouts.shadow_process import ShadowProcess
 from service.runtime.errors import RuntimeProblem
 from service.runtime.model import LoadedModel
+from service.runtime.registry import VersionState
+from service.runtime.repository import VersionRef
 from service.storage.prediction_log import PredictionRow
 
 logger = logging.getLogger(__name__)
 
-_LOWEST_PRIORITY = 19
 # A shadow request that waited longer is dropped: the comparison is of current traffic, and a
 # policy that stops shadowing stops costing CPU within seconds.
 _MAX_WAIT_S = 2.0
-
-
-def _lower_this_thread() -> None:
-    configure_torch_threads(1)
-    # On Linux a thread id names one thread: only this thread yields the CPU to the others.
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOWEST_PRIORITY)
+# How often the runner looks at the policies: a shadow version is loaded into the shadow
+# process as soon as a policy names it, not on its first request, and the process ends when no
+# policy names one.
+_FOLLOW_EVERY_S = 1.0
 
 
 @dataclass
@@ -60,20 +57,25 @@ class ShadowRunner:
     def __init__(
         self,
         *,
-        resolve: Callable[[str, int], LoadedModel],
+        resolve: Callable[[str, int], VersionState],
+        process: ShadowProcess,
+        wanted: Callable[[], set[tuple[str, int]]],
         queue_size: int,
         max_busy: float,
         record: Callable[[PredictionRow], None] | None,
         replica_id: str,
     ) -> None:
         self._resolve = resolve
+        self._process = process
+        self._wanted = wanted
+        # model: (version, manifest digest, process id) of the version the process holds
+        self._prepared: dict[str, tuple[int, str | None, int | None]] = {}
+        self._followed_at = -math.inf
         self._queue: asyncio.Queue[ShadowRequest] = asyncio.Queue(maxsize=queue_size)
         self._max_busy = max_busy
         self._record = record
         self._replica_id = replica_id
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="shadow", initializer=_lower_this_thread
-        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -84,6 +86,7 @@ class ShadowRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.to_thread(self._process.stop)  # a prediction under way ends with it
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def offer(self, request: ShadowRequest) -> bool:
@@ -99,34 +102,77 @@ class ShadowRunner:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            request = await self._queue.get()
+            if time.monotonic() - self._followed_at >= _FOLLOW_EVERY_S:
+                await self._follow_policies(loop)
+                self._followed_at = time.monotonic()
+            try:
+                request = await asyncio.wait_for(self._queue.get(), _FOLLOW_EVERY_S)
+            except TimeoutError:
+                continue
             if time.monotonic() - request.offered_at > _MAX_WAIT_S:
                 labels = (request.model, str(request.version))
                 metrics.SHADOW_PREDICTIONS.labels(*labels, "dropped").inc()
                 continue
             try:
-                # Resolved now, not when offered: a version unloaded meanwhile is skipped,
-                # and a queued request holds no version up from unloading.
-                model = self._resolve(request.model, request.version)
+                # Resolved now, not when offered: a version unloaded meanwhile is skipped.
+                state = self._resolve(request.model, request.version)
             except RuntimeProblem:
                 continue
-            model.acquire()
-            try:
-                busy = await self._run(loop, model, request)
-            finally:
-                model.release()
+            if state.model is None or state.path is None:
+                continue
+            ref = VersionRef(state.name, state.version, state.path)
+            busy = await self._run(loop, ref, state.manifest_digest, state.model, request)
             # At most `max_busy` of the time computing: a slow shadow gets fewer requests
             # (the queue drops the rest), the primaries keep their CPU.
             await asyncio.sleep(busy * (1 / self._max_busy - 1))
 
+    async def _follow_policies(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every shadow version the policies name, loaded into the shadow process before its
+        first request; the process ended when they name none."""
+        wanted: dict[str, tuple[VersionRef, str | None]] = {}
+        for model, version in sorted(self._wanted()):
+            with contextlib.suppress(RuntimeProblem):
+                state = self._resolve(model, version)
+                if state.model is not None and state.path is not None:
+                    wanted[model] = (VersionRef(model, version, state.path), state.manifest_digest)
+        for model, (version, _, _) in list(self._prepared.items()):
+            if model not in wanted or wanted[model][0].version != version:
+                metrics.SHADOW_READY.labels(model, str(version)).set(0)
+                del self._prepared[model]
+        if not wanted:
+            if self._process.pid is not None:
+                await loop.run_in_executor(self._pool, self._process.stop)
+            return
+        for model, (ref, digest) in wanted.items():
+            if self._prepared.get(model) == (ref.version, digest, self._process.pid):
+                continue
+            ready = metrics.SHADOW_READY.labels(model, str(ref.version))
+            ready.set(0)
+            try:
+                await loop.run_in_executor(self._pool, self._process.predict, ref, digest, [])
+            except Exception as e:  # its requests will fail and be counted; not retried here
+                logger.warning("shadow %s/%s did not load: %s", model, ref.version, e)
+            else:
+                ready.set(1)
+            self._prepared[model] = (ref.version, digest, self._process.pid)
+
     async def _run(
-        self, loop: asyncio.AbstractEventLoop, model: LoadedModel, request: ShadowRequest
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ref: VersionRef,
+        digest: str | None,
+        model: LoadedModel,
+        request: ShadowRequest,
     ) -> float:
-        """The shadow's prediction of the request, compared and logged; the seconds it took."""
+        """The shadow's prediction of the request, compared and logged; the seconds it took.
+        `model` is the worker's copy of the version: its handler compares the predictions."""
         labels = (model.name, str(model.version))
+        items = list(request.items)
         started = time.monotonic()
         try:
-            predictions = await loop.run_in_executor(self._pool, model.forward, list(request.items))
+            predictions = await loop.run_in_executor(
+                self._pool, self._process.predict, ref, digest, items
+            )
             agreement = model.handler.agreement(request.primary, predictions)
         except Exception as e:  # the shadow's failure is data, not the primary's problem
             logger.warning("shadow %s/%s failed: %s", *labels, e)

@@ -57,6 +57,14 @@ class RoutingTable:
     def models(self) -> set[str]:
         return set(self._configured) | set(self._stored)
 
+    def shadows(self) -> set[tuple[str, int]]:
+        """(model, version) of every shadow the policies name."""
+        return {
+            (model, policy.shadow.version)
+            for model in self.models()
+            if (policy := self.policy_for(model)) is not None and policy.shadow is not None
+        }
+
     async def start(self) -> None:
         if self._conninfo is None:
             return

@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -44,6 +45,7 @@ def without_paths(message: str) -> str:
 class VersionState:
     name: str
     version: int
+    path: Path | None = None  # its directory in the repository
     manifest: Manifest | None = None
     model: LoadedModel | None = None
     error: str | None = None
@@ -133,7 +135,7 @@ class ModelRegistry:
             digest = _manifest_digest(ref)
             if current is not None and current.manifest_digest == digest:
                 continue
-            state = await self._load_version(ref, digest)
+            state = await self.load_version(ref, digest)
             if state.model is not None:
                 state.model.batcher.start()
             if current is not None:
@@ -154,8 +156,9 @@ class ModelRegistry:
         text = self._settings.overrides_for(name).version_policy
         return VersionPolicy.parse(text or self._settings.model_version_policy)
 
-    async def _load_version(self, ref: VersionRef, digest: str | None) -> VersionState:
-        state = VersionState(ref.name, ref.version, manifest_digest=digest)
+    async def load_version(self, ref: VersionRef, digest: str | None) -> VersionState:
+        """One version, checked, loaded and warmed up; not routed (`sync` routes what it loads)."""
+        state = VersionState(ref.name, ref.version, path=ref.path, manifest_digest=digest)
         try:
             # Hashing a large artifact takes a while: off the event loop, which keeps serving
             # the versions already loaded, and off the torch thread, which keeps computing.

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
 
 from service.rollouts.report import build_report, render_text
@@ -126,6 +127,10 @@ async def test_shadows_are_compared_off_the_request_path(
             policy = {"default": 1, "shadow": {"version": shadow}}
             r = await client.put(ROUTING, json={"policy": policy}, headers=ADMIN)
             assert r.status_code == 200, r.text
+            # Loaded into the shadow process when the policy names it, before any request.
+            await until(lambda s=shadow: REGISTRY.get_sample_value(
+                "torchdock_shadow_ready", {"model_name": "digits", "model_version": str(s)}
+            ) == 1)  # fmt: skip
             for i in range(count):
                 answer = await client.post(PREDICT, json={"instances": images(4, seed=i)})
                 assert answer.headers["X-Model-Version"] == "1"

@@ -44,7 +44,11 @@ class OtherClassifier(nn.Module):
         return torch.softmax(self.head(flat), dim=1)
 
 
-def package_classifier(repo: Path, version: int, module: nn.Module) -> None:
+def package_classifier(
+    repo: Path, version: int, module: nn.Module, *, max_batch_size: int | None = None
+) -> None:
+    """`module` as a version of digits, with digits' preprocessing and labels; a slow one
+    loads sooner with a smaller `max_batch_size`, the largest batch its warm-up runs."""
     bundled = json.loads((repo / "digits" / "1" / "manifest.json").read_text())
     package_module(
         module,
@@ -61,7 +65,7 @@ def package_classifier(repo: Path, version: int, module: nn.Module) -> None:
             ],
             labels=bundled["labels"],
             preprocessing=bundled["preprocessing"],
-            max_batch_size=bundled["max_batch_size"],
+            max_batch_size=max_batch_size or bundled["max_batch_size"],
             precisions=(),
         ),
     )

@@ -116,7 +116,7 @@ def test_the_shadow_bench_reports_both_phases(postgres_admin_url: str) -> None:
         env={**os.environ, "TEST_DATABASE_URL": postgres_admin_url},
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "server no shadow: p50" in completed.stdout
-    assert "server shadowed : p50" in completed.stdout
-    assert "client p99 ratio, shadowed / not:" in completed.stdout
+    assert "server A, no shadow: p50" in completed.stdout
+    assert "server B, shadowed: p50" in completed.stdout
+    assert "client p99 ratio, B / A:" in completed.stdout
     assert "'computed':" in completed.stdout

@@ -85,20 +85,31 @@ class Predictions(Traffic):
 def set_policy(server: ServerProcess, policy: dict[str, Any]) -> dict[str, Any]:
     r = httpx.put(f"{server.base_url}{ROUTING}", json={"policy": policy}, headers=ADMIN)
     assert r.status_code == 200, r.text
-    wait_following(server, r.json()["revision"], since=time.time())
+    shadow = policy.get("shadow", {}).get("version")
+    wait_following(server, r.json()["revision"], since=time.time(), shadow=shadow)
     return r.json()  # type: ignore[no-any-return]
 
 
-def wait_following(server: ServerProcess, revision: int, *, since: float) -> None:
-    """Until every worker has read the store since `since` and follows `revision` or later."""
+def wait_following(
+    server: ServerProcess, revision: int, *, since: float, shadow: int | None = None
+) -> None:
+    """Until every worker has read the store since `since`, follows `revision` or later, and
+    has the `shadow` version loaded in its shadow process."""
 
     def following() -> bool:
         text = httpx.get(f"{server.base_url}/metrics").text
         read = sample_value(text, "torchdock_routing_policies_read_timestamp_seconds")
         followed = sample_value(text, "torchdock_routing_policy_revision", model_name="digits")
-        return read > since and followed >= revision
+        return (
+            read > since
+            and followed >= revision
+            and (
+                shadow is None
+                or sample_value(text, "torchdock_shadow_ready", model_version=str(shadow)) == 1
+            )
+        )
 
-    wait_until(following, 20 * REFRESH_S, f"every worker following revision {revision}",
+    wait_until(following, 120, f"every worker following revision {revision}",
                interval=REFRESH_S / 5)  # fmt: skip
 
 
@@ -109,7 +120,7 @@ def p99(latencies: list[float]) -> float:
 @pytest.fixture
 def server(start_server: StartServer, repo_copy: Path, database_url: str) -> ServerProcess:
     copy_version(repo_copy, 1, 2)
-    package_classifier(repo_copy, 3, OtherClassifier(seed=3, work=480))
+    package_classifier(repo_copy, 3, OtherClassifier(seed=3, work=480), max_batch_size=8)
     package_classifier(repo_copy, 4, FlakyClassifier(seed=4))
     return start_server(
         MODEL_REPOSITORY=str(repo_copy),
