@@ -123,8 +123,9 @@ class Settings(BaseSettings):
     """requests that may wait per worker for their shadow version; beyond, a shadow request is
     dropped (and counted), never waited for"""
     shadow_max_busy: Annotated[float, Field(gt=0, le=1)] = 0.1
-    """the share of time a worker may spend computing shadows: a shadow that needs more gets
-    fewer requests (the rest are dropped and counted), so that the primary keeps its CPU"""
+    """the share of time each worker's shadow process may spend computing: a shadow that needs
+    more gets fewer requests (the rest are dropped and counted), so that the primary keeps its
+    CPU"""
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.
