@@ -26,6 +26,8 @@ from service.rollouts.table import RoutingTable
 logger = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, str, str]  # model, version, role
+# A p99 of fewer answers is the slowest of them: one slow request would abort a sound canary.
+_MIN_FOR_P99 = 100
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Verdict:
 
 def judge(canary: Canary, ours: Tally, primary: Tally) -> Verdict | None:
     """Whether the canary, over one window, breaks its `abort_when`; None while it holds, or
-    while it has answered too few requests to say."""
+    while it has answered too few requests to say (its p99 is judged from 100 on)."""
     rule = canary.abort_when
     if rule is None or ours.requests < rule.min_requests:
         return None
@@ -97,7 +99,8 @@ def judge(canary: Canary, ours: Tally, primary: Tally) -> Verdict | None:
             f"error ratio {ours.error_ratio:.3f} over {ours.requests:.0f} requests, against"
             f" the primary's {primary.error_ratio:.3f} (margin {rule.error_ratio_margin})",
         )
-    if rule.p99_ratio is not None and primary.requests >= rule.min_requests:
+    judged = max(rule.min_requests, _MIN_FOR_P99)
+    if rule.p99_ratio is not None and ours.requests >= judged and primary.requests >= judged:
         ours_p99, primary_p99 = ours.quantile(0.99), primary.quantile(0.99)
         if ours_p99 > rule.p99_ratio * primary_p99:
             return Verdict(

@@ -22,7 +22,8 @@ _BUCKETS = 10_000
 class AbortWhen(BaseModel):
     """When the guard aborts a canary by itself: over the last `window_s`, once the canary has
     answered `min_requests`, its error ratio exceeds the primary's by more than
-    `error_ratio_margin`, or its p99 latency is above `p99_ratio` times the primary's."""
+    `error_ratio_margin`, or its p99 latency is above `p99_ratio` times the primary's (once
+    both have answered at least 100, and `min_requests`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

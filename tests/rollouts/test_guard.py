@@ -37,11 +37,14 @@ def test_too_few_requests_say_nothing() -> None:
     assert judge(CANARY, Tally(requests=19, errors=19), primary) is None
 
 
-def test_a_slow_canary_is_judged_on_its_p99() -> None:
+def test_a_slow_canary_is_judged_on_its_p99_once_it_has_one() -> None:
     primary = Tally(requests=100, errors=0, buckets=latencies(*[0.01] * 100))
-    slow = Tally(requests=50, errors=0, buckets=latencies(*[0.01] * 45, *[0.5] * 5))
+    slow = Tally(requests=100, errors=0, buckets=latencies(*[0.01] * 95, *[0.5] * 5))
     verdict = judge(CANARY, slow, primary)
     assert verdict is not None and verdict.reason == "latency"
+    # Of 50 answers the p99 is the slowest one: one slow request says nothing yet.
+    one_slow = Tally(requests=50, errors=0, buckets=latencies(*[0.01] * 49, 0.5))
+    assert judge(CANARY, one_slow, primary) is None
     unguarded = CANARY.model_copy(update={"abort_when": None})
     assert judge(unguarded, slow, primary) is None
 
