@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -30,12 +31,13 @@ import psycopg.conninfo
 
 from benchmarks.bench import Server, ensure_repository
 from tests.prom import sample_value
+from tests.rollouts.following import wait_following
 from tests.rollouts.versions import OtherClassifier, package_classifier
 from tests.traffic import Traffic
 
 TOKEN = "a-benchmark-admin-token-long-enough-32"
 ROUTING = "/v2/repository/models/digits/routing"
-PHASES: list[tuple[str, dict[str, object]]] = [
+PHASES: list[tuple[str, dict[str, Any]]] = [
     ("A", {"default": 1}),
     ("B", {"default": 1, "shadow": {"version": 3}}),
 ]
@@ -88,24 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     windows: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {"A": [], "B": []}
     client_ms: dict[str, list[float]] = {"A": [], "B": []}
 
-    def policy(body: dict[str, object]) -> None:
+    def policy(body: dict[str, Any]) -> None:
         """Set, and wait until every worker follows it (with its shadow loaded, if any)."""
         headers = {"Authorization": f"Bearer {TOKEN}"}
         r = httpx.put(server.url + ROUTING, json={"policy": body}, headers=headers)
         r.raise_for_status()
-        changed_at, deadline = time.time(), time.monotonic() + 120
-        while time.monotonic() < deadline:
-            text = httpx.get(server.url + "/metrics").text
-            if (
-                sample_value(text, "torchdock_routing_policies_read_timestamp_seconds") > changed_at
-                and sample_value(text, "torchdock_routing_policy_revision", model_name="digits")
-                >= r.json()["revision"]
-                and ("shadow" not in body or sample_value(
-                    text, "torchdock_shadow_ready", model_name="digits", model_version="3") == 1)
-            ):  # fmt: skip
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"the workers did not follow {body} in 120 s")
+        shadow = body.get("shadow", {}).get("version")
+        wait_following(server.url, r.json()["revision"], since=time.time(), shadow=shadow)
 
     try:
         server.wait_ready()

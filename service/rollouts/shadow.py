@@ -113,28 +113,35 @@ class ShadowRunner:
                 labels = (request.model, str(request.version))
                 metrics.SHADOW_PREDICTIONS.labels(*labels, "dropped").inc()
                 continue
-            try:
-                # Resolved now, not when offered: a version unloaded meanwhile is skipped.
-                state = self._resolve(request.model, request.version)
-            except RuntimeProblem:
+            # Resolved now, not when offered: a version unloaded meanwhile is skipped.
+            target = self._target(request.model, request.version)
+            if target is None:
                 continue
-            if state.model is None or state.path is None:
-                continue
-            ref = VersionRef(state.name, state.version, state.path)
-            busy = await self._run(loop, ref, state.manifest_digest, state.model, request)
+            busy = await self._run(loop, *target, request)
             # At most `max_busy` of the time computing: a slow shadow gets fewer requests
             # (the queue drops the rest), the primaries keep their CPU.
             await asyncio.sleep(busy * (1 / self._max_busy - 1))
+
+    def _target(
+        self, model: str, version: int
+    ) -> tuple[VersionRef, str | None, LoadedModel] | None:
+        """Where the shadow process finds the version, its manifest digest, and the worker's
+        own copy; None when the worker does not serve it loaded."""
+        try:
+            state = self._resolve(model, version)
+        except RuntimeProblem:
+            return None
+        if state.model is None or state.path is None:
+            return None
+        return VersionRef(model, version, state.path), state.manifest_digest, state.model
 
     async def _follow_policies(self, loop: asyncio.AbstractEventLoop) -> None:
         """Every shadow version the policies name, loaded into the shadow process before its
         first request; the process ended when they name none."""
         wanted: dict[str, tuple[VersionRef, str | None]] = {}
         for model, version in sorted(self._wanted()):
-            with contextlib.suppress(RuntimeProblem):
-                state = self._resolve(model, version)
-                if state.model is not None and state.path is not None:
-                    wanted[model] = (VersionRef(model, version, state.path), state.manifest_digest)
+            if (target := self._target(model, version)) is not None:
+                wanted[model] = target[:2]
         for model, (version, _, _) in list(self._prepared.items()):
             if model not in wanted or wanted[model][0].version != version:
                 metrics.SHADOW_READY.labels(model, str(version)).set(0)

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import StartServer
 from tests.prom import sample_value
+from tests.rollouts.following import wait_following
 from tests.rollouts.versions import (
     FlakyClassifier,
     OtherClassifier,
@@ -86,31 +87,8 @@ def set_policy(server: ServerProcess, policy: dict[str, Any]) -> dict[str, Any]:
     r = httpx.put(f"{server.base_url}{ROUTING}", json={"policy": policy}, headers=ADMIN)
     assert r.status_code == 200, r.text
     shadow = policy.get("shadow", {}).get("version")
-    wait_following(server, r.json()["revision"], since=time.time(), shadow=shadow)
+    wait_following(server.base_url, r.json()["revision"], since=time.time(), shadow=shadow)
     return r.json()  # type: ignore[no-any-return]
-
-
-def wait_following(
-    server: ServerProcess, revision: int, *, since: float, shadow: int | None = None
-) -> None:
-    """Until every worker has read the store since `since`, follows `revision` or later, and
-    has the `shadow` version loaded in its shadow process."""
-
-    def following() -> bool:
-        text = httpx.get(f"{server.base_url}/metrics").text
-        read = sample_value(text, "torchdock_routing_policies_read_timestamp_seconds")
-        followed = sample_value(text, "torchdock_routing_policy_revision", model_name="digits")
-        return (
-            read > since
-            and followed >= revision
-            and (
-                shadow is None
-                or sample_value(text, "torchdock_shadow_ready", model_version=str(shadow)) == 1
-            )
-        )
-
-    wait_until(following, 120, f"every worker following revision {revision}",
-               interval=REFRESH_S / 5)  # fmt: skip
 
 
 def p99(latencies: list[float]) -> float:
@@ -205,7 +183,7 @@ def test_canary_shadow_report_and_guard_under_load(
             interval=0.2,
         )
         aborted_after = time.monotonic() - started
-        wait_following(server, revision + 1, since=time.time())
+        wait_following(server.base_url, revision + 1, since=time.time())
         after = len(flaky.answers)
         time.sleep(2)
     view = httpx.get(f"{server.base_url}{ROUTING}", headers=ADMIN).json()
