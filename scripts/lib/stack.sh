@@ -35,7 +35,7 @@ parse_stack_options() {
 compose() {
   local args=(--project-name "$(project_name)" "${files[@]}")
   [[ -f "$env_file" ]] && args+=(--env-file "$env_file")
-  docker_cli compose "${args[@]}" "$@"
+  compose_cli "${args[@]}" "$@"
 }
 
 project_name() { echo "${COMPOSE_PROJECT_NAME:-torchdock}"; }

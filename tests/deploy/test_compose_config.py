@@ -1,5 +1,6 @@
-"""The compose files as Compose itself resolves them (`docker compose config`): the production
-topology's rules, and the overrides that must change nothing but what they are for."""
+"""The compose files as Compose itself resolves them (`docker compose config`, which needs no
+engine): the production topology's rules, and the overrides that must change nothing but what
+they are for."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.system.docker_cli import ROOT
+from tests.paths import ROOT
 
-pytestmark = pytest.mark.docker
+pytestmark = pytest.mark.deploy
+
 
 LOCAL_ONLY_KEYS = {"image", "build", "pull_policy"}
 
@@ -36,7 +38,7 @@ def without(service: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in service.items() if k not in keys}
 
 
-def test_the_local_override_changes_only_where_images_come_from(docker_engine: None) -> None:
+def test_the_local_override_changes_only_where_images_come_from() -> None:
     production, local = resolved(), resolved("local")
     for part in ("name", "networks", "volumes", "secrets"):
         assert local[part] == production[part], part
@@ -50,7 +52,7 @@ def test_the_local_override_changes_only_where_images_come_from(docker_engine: N
     assert local["services"]["api"]["image"] == production["services"]["api"]["image"]
 
 
-def test_production_images_are_pinned_by_digest(docker_engine: None) -> None:
+def test_production_images_are_pinned_by_digest() -> None:
     every_profile = resolved(COMPOSE_PROFILES="dashboards,cadvisor")["services"]
     assert {"grafana", "cadvisor", "alertmanager"} <= set(every_profile)
     # db-admin runs the api's image: whichever release TORCHDOCK_IMAGE names.
@@ -60,7 +62,7 @@ def test_production_images_are_pinned_by_digest(docker_engine: None) -> None:
             assert "@sha256:" in service["image"] and ":" in service["image"].split("@")[0], name
 
 
-def test_production_rules(docker_engine: None) -> None:
+def test_production_rules() -> None:
     services = resolved()["services"]
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"nginx", "prometheus"}
@@ -90,7 +92,7 @@ def test_production_rules(docker_engine: None) -> None:
     assert services["api"]["environment"]["DB_AUTO_UPGRADE"] == "false"
 
 
-def test_what_the_api_trusts_and_shares(docker_engine: None) -> None:
+def test_what_the_api_trusts_and_shares() -> None:
     config = resolved()
     services = config["services"]
     # Finding 9: FORWARDED_ALLOW_IPS was "*", so every container that reaches port 8000 could
@@ -110,7 +112,7 @@ def test_what_the_api_trusts_and_shares(docker_engine: None) -> None:
     assert all(v["read_only"] for v in cadvisor.values())
 
 
-def test_required_variables_fail_fast(docker_engine: None) -> None:
+def test_required_variables_fail_fast() -> None:
     result = subprocess.run(
         [str(ROOT / "scripts" / "stack"), "compose", "config", "--quiet"],
         env={k: v for k, v in os.environ.items() if k != "TORCHDOCK_IMAGE"}
@@ -121,7 +123,7 @@ def test_required_variables_fail_fast(docker_engine: None) -> None:
     assert "set TORCHDOCK_IMAGE" in result.stderr
 
 
-def test_the_gpu_override_reserves_gpus_for_the_cuda_image(docker_engine: None) -> None:
+def test_the_gpu_override_reserves_gpus_for_the_cuda_image() -> None:
     production = resolved()
     gpu = resolved("gpu", TORCHDOCK_GPU_IMAGE="registry.example/torchdock:1.2.3-cuda")
     api = gpu["services"]["api"]
@@ -145,7 +147,7 @@ def test_the_secrets_are_files_outside_git() -> None:
     assert not Path(ROOT / "compose" / ".env.example").read_text().count("PASSWORD=")
 
 
-def test_the_load_generator_runs_hardened_beside_the_stack(docker_engine: None) -> None:
+def test_the_load_generator_runs_hardened_beside_the_stack() -> None:
     """The loadtest profile: Locust's master and workers, on the frontend network only, one-shot,
     with nothing published."""
     services = resolved(COMPOSE_PROFILES="loadtest", LOCUST_WORKERS="3")["services"]
@@ -162,7 +164,7 @@ def test_the_load_generator_runs_hardened_beside_the_stack(docker_engine: None) 
     assert "locust-master" not in resolved()["services"], "off unless asked for"
 
 
-def test_the_models_override_mounts_a_polled_read_only_repository(docker_engine: None) -> None:
+def test_the_models_override_mounts_a_polled_read_only_repository() -> None:
     production, models = resolved(), resolved("models")
     assert set(models["volumes"]) - set(production["volumes"]) == {"models"}
     api = models["services"]["api"]
