@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from service.config import Settings
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import ROOT
+
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parents[2]
 CPU = ROOT / "docker" / "Dockerfile"
 GPU = ROOT / "docker" / "Dockerfile.gpu"
 

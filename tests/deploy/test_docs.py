@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from service.config import Settings
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parents[2]
 # Read by libraries themselves, not by Settings; documented beside the settings by hand.
 LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
 

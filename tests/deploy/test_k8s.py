@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from service.config import Settings
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"
 OVERLAYS = ("cpu", "gpu", "dev")
 # The cpu overlay with the model repository from outside the image (k8s/components).

@@ -6,17 +6,16 @@ from __future__ import annotations
 import ast
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
 
 from loadtests import payloads
 from loadtests.profiles import Gates, evaluate, load_objectives, load_profiles
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "rules"
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.docker_cli import ROOT
+from tests.paths import ROOT
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.system.docker_cli import ROOT, docker
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 from tests.system.stack import API_IMAGE
 
 # A new release: version 2 of digits beside version 1 (the highest version is the default).

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.system.docker_cli import ROOT, docker
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 from tests.system.server import free_port, wait_until
 from tests.traffic import Traffic
 

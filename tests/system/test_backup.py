@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.digits_data import held_out
-from tests.system.docker_cli import ROOT
+from tests.paths import ROOT
 from tests.system.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

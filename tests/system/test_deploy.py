@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.docker_cli import ROOT, docker
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 from tests.system.releases import BROKEN, VERSION_2, build, publish
 from tests.system.stack import API_IMAGE, Load, Stack, running_stack
 

@@ -22,7 +22,8 @@ import pytest
 
 from service.storage import migrate
 from tests.digits_data import held_out
-from tests.system.docker_cli import ROOT, docker
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 from tests.system.server import free_port
 
 pytestmark = pytest.mark.docker

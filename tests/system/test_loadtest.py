@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.paths import ROOT
 from tests.prom import sample_sum
 from tests.system.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = {
     "digits v1 predict",
     "digits v2 infer",

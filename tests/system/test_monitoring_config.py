@@ -1,18 +1,17 @@
 """Monitoring config, checked by the tools that run it: promtool (config, rules, and the rules'
 unit tests in monitoring/prometheus/tests/) and amtool, from the local Prometheus and
-Alertmanager images; and the rules' conventions, which every alert must follow."""
+Alertmanager images. The rules' conventions are static checks, in tests/deploy."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 
 import pytest
 
-from tests.system.docker_cli import ROOT, docker
-from tests.system.monitoring_rules import MONITORING, alerts, load, recording_rules
+from tests.monitoring_rules import MONITORING
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 
 pytestmark = pytest.mark.docker
 
@@ -61,28 +60,3 @@ def test_amtool_checks_the_alertmanager_config(tool_images: None) -> None:
     image = "torchdock-local/alertmanager:latest"
     checked = run_tool(image, "amtool", "check-config", "/etc/alertmanager/alertmanager.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-def test_every_alert_is_tested_firing_and_not_firing() -> None:
-    cases = load(MONITORING / "prometheus" / "tests" / "rules_test.yml")["tests"]
-    fires, stays_quiet = set(), set()
-    for case in cases:
-        for check in case.get("alert_rule_test", []):
-            (fires if check["exp_alerts"] else stays_quiet).add(check["alertname"])
-    names = {rule["alert"] for rule in alerts()}
-    assert names - fires == set(), "alerts never tested firing"
-    assert names - stays_quiet == set(), "alerts never tested staying quiet"
-
-
-def test_the_dashboard_reads_recording_rules() -> None:
-    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "torchdock-overview.json")
-                           .read_text())  # fmt: skip
-    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    recorded = recording_rules()
-    using_rules = [e for e in expressions if any(r in e for r in recorded)]
-    # The rest are raw gauges that need no rule: replicas up, queue depth, and cAdvisor's.
-    raw = [e for e in expressions if e not in using_rules]
-    assert len(using_rules) >= 12
-    assert all(re.search(r"\b(up|torchdock_queue_depth|container_\w+)\{", e) for e in raw), raw
-    provisioned = load(MONITORING / "grafana" / "provisioning" / "dashboards" / "torchdock.yml")
-    assert provisioned["providers"][0]["options"]["path"] == "/var/lib/grafana-dashboards"

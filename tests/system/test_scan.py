@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import ROOT
+
 # A scanner in a subprocess: not a unit test's seconds.
 pytestmark = pytest.mark.system
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def scan(target: Path) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from tests.digits_data import held_out
-from tests.system.docker_cli import ROOT, docker
-from tests.system.monitoring_rules import recording_rules
+from tests.monitoring_rules import recording_rules
+from tests.paths import ROOT
+from tests.system.docker_cli import docker
 from tests.system.server import wait_until
 from tests.system.stack import API_IMAGE, DIGITS, Load, Stack, running_stack
 

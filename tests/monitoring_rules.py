@@ -7,9 +7,8 @@ from typing import Any
 
 import yaml
 
-from tests.system.docker_cli import ROOT
+from tests.paths import MONITORING
 
-MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "prometheus" / "rules"
 
 
