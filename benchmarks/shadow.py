@@ -1,7 +1,7 @@
 """What a slow shadow costs the primary: alternating phases without and with one.
 
     .venv/bin/python -m benchmarks.shadow [--rounds 6] [--seconds 5] [--rate 50] [--work 240]
-                                          [--control]
+                                          [--shadow-cpus LIST] [--max-busy F] [--control]
 
 `torchdock serve` (2 workers) with the bundled digits as version 1 and, as version 3, a
 classifier of the same interface doing `--work` large matrix products per instance (about
@@ -10,6 +10,7 @@ no policy (A), then shadowed by version 3 (B), then waits for the queued shadows
 Latency is read from the prediction log (the server's own `total_ms`, no client in it) and
 from the client; the report pools the rounds, so that a slow minute weighs on both sides.
 `--control` makes B the same as A (no shadow): the ratio it prints is this machine's noise.
+`--shadow-cpus` and `--max-busy` set the server's SHADOW_CPUS and SHADOW_MAX_BUSY, in both phases.
 Postgres: a throwaway database made on TEST_DATABASE_URL's server (default: the local one).
 """
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--work", type=int, default=240)
+    parser.add_argument("--shadow-cpus", help="SHADOW_CPUS, e.g. 1: the workers serve on the rest")
+    parser.add_argument("--max-busy", type=float, help="SHADOW_MAX_BUSY (default: the server's)")
     parser.add_argument("--control", action="store_true", help="no shadow in B either")
     args = parser.parse_args(argv)
     phases = [(phase, PHASES[0][1] if args.control else body) for phase, body in PHASES]
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     log = Path(tempfile.mkdtemp(prefix="torchdock-shadow-")) / "server.log"
     env = {"MODELS": '["digits"]', "WORKERS": "2", "DATABASE_URL": database,
            "ADMIN_TOKEN": TOKEN, "ROUTING_REFRESH_S": "0.5"}  # fmt: skip
+    if args.shadow_cpus is not None:
+        env["SHADOW_CPUS"] = args.shadow_cpus
+    if args.max_busy is not None:
+        env["SHADOW_MAX_BUSY"] = str(args.max_busy)
     server = Server(repository, env, log)
     windows: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {"A": [], "B": []}
     client_ms: dict[str, list[float]] = {"A": [], "B": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.rollouts.guard import CanaryGuard
 from service.rollouts.shadow import ShadowRunner
+from service.rollouts.shadow_cpus import keep_cpus_for_shadows
 from service.rollouts.shadow_process import ShadowProcess
 from service.rollouts.table import RoutingTable
 from service.runtime.device import cpu_bf16_flags, resolve_device
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(level=settings.log_level, fmt=settings.log_format)
+        # Before the torch thread starts, which inherits this worker's CPUs.
+        shadow_cpus = keep_cpus_for_shadows(settings.shadow_cpus)
         torch_thread = TorchThread(threads=settings.effective_torch_threads())
         device = await torch_thread.run(resolve_device, settings.device)
         logger.info(
@@ -113,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             extra={
                 "device": str(device),
                 "torch_threads": torch_thread.threads,
+                "cpus": sorted(os.sched_getaffinity(0)),
                 "cpu_bf16_flags": list(cpu_bf16_flags()),
                 "replica_id": settings.replica_id,
             },
@@ -132,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routing = RoutingTable(settings, settings.database_conninfo())
         shadows = ShadowRunner(
             resolve=registry.state,
-            process=ShadowProcess(settings),
+            process=ShadowProcess(settings, cpus=shadow_cpus),
             wanted=routing.shadows,
             queue_size=settings.shadow_queue_size,
             max_busy=settings.shadow_max_busy,

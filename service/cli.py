@@ -14,6 +14,7 @@ from service.config import ConfigError, Settings, load_settings
 from service.keys import cli as keys_cli
 from service.packaging import cli as package_cli
 from service.rollouts import cli as rollout_cli
+from service.rollouts.shadow_cpus import split_cpus
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -26,6 +27,12 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(host=args.host, port=args.port, workers=args.workers)
+    try:
+        # Each worker moves itself onto its serving CPUs; refused here, before any starts.
+        split_cpus(frozenset(os.sched_getaffinity(0)), settings.shadow_cpus)
+    except ValueError as e:
+        print(f"torchdock: {e}", file=sys.stderr)
+        return 2
     if args.dev:
         import uvicorn
 

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     """the share of time each worker's shadow process may spend computing: a shadow that needs
     more gets fewer requests (the rest are dropped and counted), so that the primary keeps its
     CPU"""
+    shadow_cpus: Annotated[int, Field(ge=0)] = 0
+    """how many of the server's CPUs (the highest-numbered of its affinity mask) are kept for the
+    shadow processes: the workers serve on the others, so that a slow shadow cannot take the
+    primary's cores; 0: shadows run on any CPU, at the lowest priority (see
+    [Rollouts](rollouts.md#what-a-shadow-costs))"""
 
     # Batching and admission control
     # 0: a batch is whatever queued while the previous one computed, as in Triton's default.
@@ -383,13 +388,17 @@ class Settings(BaseSettings):
             return self.workers
         if self.device.startswith("cuda") or (self.device == "auto" and _gpu_present()):
             return 1
-        return min(available_cpus(), MAX_AUTO_WORKERS)
+        return min(self.serving_cpus(), MAX_AUTO_WORKERS)
 
     def effective_torch_threads(self) -> int:
         """Intra-op threads per worker, so that workers together never oversubscribe the cores."""
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, available_cpus() // self.effective_workers())
+        return max(1, self.serving_cpus() // self.effective_workers())
+
+    def serving_cpus(self) -> int:
+        """The CPUs the workers compute on: all but the ones kept for shadows."""
+        return max(1, available_cpus() - self.shadow_cpus)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""

@@ -35,8 +35,16 @@ class ShadowPredictionFailed(Exception):
 
 
 class ShadowProcess:
-    def __init__(self, settings: Settings, *, reply_timeout_s: float = _REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cpus: frozenset[int] = frozenset(),
+        reply_timeout_s: float = _REPLY_TIMEOUT_S,
+    ) -> None:
+        """`cpus`: the ones kept for shadows (SHADOW_CPUS); none: it runs where the worker does."""
         self._settings = settings
+        self._cpus = cpus
         self._reply_timeout_s = reply_timeout_s
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -108,5 +116,5 @@ class ShadowProcess:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        self._to_child.send(self._settings)
+        self._to_child.send((self._settings, self._cpus))
         logger.info("shadow process started", extra={"pid": self._process.pid})

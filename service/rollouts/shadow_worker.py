@@ -7,8 +7,9 @@ worker's event loop waited on the GIL for it. The primary's p99 rose 1.4x in
 benchmarks/shadow.py. Here the shadow has an interpreter of its own, one torch thread, the
 lowest CPU priority, and nothing it shares with the worker to hold.
 
-Over the two pipes, pickled: first the worker's Settings; then, per request,
-`(VersionRef, manifest digest, items)`, answered `("ok", predictions)` or `("error", message)`.
+Over the two pipes, pickled: first the worker's Settings and the CPUs kept for shadows; then,
+per request, `(VersionRef, manifest digest, items)`, answered `("ok", predictions)` or
+`("error", message)`.
 A version is loaded on its first request, through the worker's own checks (trust, artifact
 safety, precision), and loaded again when its manifest changes; one version per model, the
 policy's shadow. End of input (the worker closed it, or died) ends the process.
@@ -25,6 +26,7 @@ from typing import Any
 
 from service.config import Settings
 from service.observability.logging import configure_logging
+from service.rollouts.shadow_cpus import pin_every_thread
 from service.runtime.device import resolve_device
 from service.runtime.executor import TorchThread
 from service.runtime.model import LoadedModel
@@ -89,10 +91,14 @@ def main(argv: list[str]) -> int:
     incoming = Connection(int(argv[0]), writable=False)
     outgoing = Connection(int(argv[1]), readable=False)
     try:
-        settings: Settings = incoming.recv()
+        settings: Settings
+        cpus: frozenset[int]
+        settings, cpus = incoming.recv()
     except EOFError:
         return 0
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if cpus:
+        pin_every_thread(cpus)  # before the torch thread starts: it inherits them
     asyncio.run(serve(incoming, outgoing, settings))
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from service.rollouts.shadow_process import (
@@ -87,6 +88,22 @@ def test_it_predicts_in_another_process_at_the_lowest_priority(
     assert not np.allclose(
         [p.probabilities for p in rewritten], [p.probabilities for p in predictions]
     )
+
+
+def test_it_computes_on_the_shadow_cpus_alone(
+    make_settings: SettingsFactory, repo_copy: Path
+) -> None:
+    # The highest CPU this test may use: the workers would serve on the others.
+    cpu = max(os.sched_getaffinity(0))
+    shadow = ShadowProcess(make_settings(model_repository=repo_copy), cpus=frozenset({cpu}))
+    try:
+        shadow.predict(VersionRef("digits", 1, repo_copy / "digits" / "1"), None, instances(2))
+        assert shadow.pid is not None
+        threads = psutil.Process(shadow.pid).threads()
+        assert len(threads) > 1  # the torch thread, at least, besides the main one
+        assert {t.id: os.sched_getaffinity(t.id) for t in threads} == {t.id: {cpu} for t in threads}
+    finally:
+        shadow.stop()
 
 
 def test_a_version_that_fails_is_reported_and_the_process_lives_on(

@@ -145,6 +145,36 @@ def test_sigterm_drains_then_exits(start_server: StartServer) -> None:
     assert log.index("draining") < log.index("worker stopped")
 
 
+def test_shadow_cpus_are_kept_from_the_workers(
+    start_server: StartServer, model_repo: Path, tmp_path: Path
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs: one to serve on, one for the shadows")
+    shadow_cpu = max(allowed)  # SHADOW_CPUS=1: the highest-numbered
+    server = start_server(workers=2, SHADOW_CPUS="1")
+    workers = psutil.Process(server.process.pid).children()
+    assert len(workers) == 2
+    for worker in workers:
+        for thread in worker.threads():
+            assert os.sched_getaffinity(thread.id) == allowed - {shadow_cpu}, worker.pid
+    started = [json.loads(line) for line in server.log_text().splitlines()
+               if '"starting worker"' in line]  # fmt: skip
+    assert [r["cpus"] for r in started] == [sorted(allowed - {shadow_cpu})] * 2
+
+    every_cpu = ServerProcess(
+        env={"MODEL_REPOSITORY": str(model_repo), "SHADOW_CPUS": str(len(allowed))},
+        workers=1,
+        log_path=tmp_path / "every-cpu.log",
+    )
+    try:
+        code = every_cpu.process.wait(timeout=60)
+    finally:
+        every_cpu.stop()
+    assert code == 2
+    assert "none is left to serve" in every_cpu.log_text()
+
+
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="needs a machine without a CUDA device"
 )

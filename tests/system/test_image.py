@@ -104,17 +104,19 @@ LIST_MIGRATIONS = (
 )
 
 
-# A shadow process, as a worker starts one: it must predict and get SCHED_IDLE in a hardened
-# container too (no capabilities, no new privileges, a read-only root).
+# A shadow process, as a worker starts one: it must predict, get SCHED_IDLE and move onto the
+# CPUs kept for it (SHADOW_CPUS) in a hardened container too (no capabilities, no new
+# privileges, a read-only root).
 SHADOW_PROBE = (
     "import os, numpy as np;"
     "from service.config import Settings;"
     "from service.rollouts.shadow_process import ShadowProcess;"
     "from service.runtime.repository import discover;"
     "s = Settings(); ref = discover(s.model_repository)['digits'][0];"
-    "p = ShadowProcess(s); out = p.predict(ref, None, [np.zeros((8, 8))]);"
+    "cpus = frozenset({max(os.sched_getaffinity(0))});"
+    "p = ShadowProcess(s, cpus=cpus); out = p.predict(ref, None, [np.zeros((8, 8))]);"
     "print(len(out), os.sched_getscheduler(p.pid) == os.SCHED_IDLE,"
-    " os.getpriority(os.PRIO_PROCESS, p.pid)); p.stop()"
+    " os.getpriority(os.PRIO_PROCESS, p.pid), os.sched_getaffinity(p.pid) == cpus); p.stop()"
 )
 
 
@@ -164,7 +166,7 @@ def test_hardened_run(run_container: type[Container]) -> None:
     predict_both(container.url)
     assert docker("exec", container.name, "id", "-u").stdout.strip() == "4242"
     shadow = docker("exec", container.name, "python3", "-c", SHADOW_PROBE).stdout.split()
-    assert shadow == ["1", "True", "19"]
+    assert shadow == ["1", "True", "19", "True"]
 
 
 def test_a_mounted_repository_is_polled_read_only_as_compose_mounts_it(
