@@ -1,7 +1,8 @@
 """What a slow shadow costs the primary: alternating phases without and with one.
 
     .venv/bin/python -m benchmarks.shadow [--rounds 6] [--seconds 5] [--rate 50] [--work 240]
-                                          [--shadow-cpus LIST] [--max-busy F] [--control]
+                                          [--shadow-cpus N] [--max-busy F] [--client-cpus LIST]
+                                          [--control]
 
 `torchdock serve` (2 workers) with the bundled digits as version 1 and, as version 3, a
 classifier of the same interface doing `--work` large matrix products per instance (about
@@ -10,7 +11,8 @@ no policy (A), then shadowed by version 3 (B), then waits for the queued shadows
 Latency is read from the prediction log (the server's own `total_ms`, no client in it) and
 from the client; the report pools the rounds, so that a slow minute weighs on both sides.
 `--control` makes B the same as A (no shadow): the ratio it prints is this machine's noise.
-`--shadow-cpus` and `--max-busy` set the server's SHADOW_CPUS and SHADOW_MAX_BUSY, in both phases.
+`--shadow-cpus` and `--max-busy` set the server's SHADOW_CPUS and SHADOW_MAX_BUSY, in both phases;
+`--client-cpus` pins the load generator (e.g. onto the shadow's CPU, away from the workers').
 Postgres: a throwaway database made on TEST_DATABASE_URL's server (default: the local one).
 """
 
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--work", type=int, default=240)
-    parser.add_argument("--shadow-cpus", help="SHADOW_CPUS, e.g. 1: the workers serve on the rest")
+    parser.add_argument("--shadow-cpus", help="SHADOW_CPUS: how many CPUs the shadows keep")
+    parser.add_argument("--client-cpus", help="CPUs for the load generator, e.g. 1 or 0,1")
     parser.add_argument("--max-busy", type=float, help="SHADOW_MAX_BUSY (default: the server's)")
     parser.add_argument("--control", action="store_true", help="no shadow in B either")
     args = parser.parse_args(argv)
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         server.wait_ready()
+        if args.client_cpus is not None:  # after the server started: it keeps every CPU
+            os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
         for _ in range(args.rounds):
             for phase, body in phases:
                 policy(body)
