@@ -145,6 +145,18 @@ def test_sigterm_drains_then_exits(start_server: StartServer) -> None:
     assert log.index("draining") < log.index("worker stopped")
 
 
+def failed_start(log_path: Path, model_repo: Path, **env: str) -> tuple[int, str]:
+    """A server that must refuse to start: its exit status and its log."""
+    server = ServerProcess(
+        env={"MODEL_REPOSITORY": str(model_repo), **env}, workers=1, log_path=log_path
+    )
+    try:
+        code = server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    return code, server.log_text()
+
+
 def test_shadow_cpus_are_kept_from_the_workers(
     start_server: StartServer, model_repo: Path, tmp_path: Path
 ) -> None:
@@ -162,31 +174,15 @@ def test_shadow_cpus_are_kept_from_the_workers(
                if '"starting worker"' in line]  # fmt: skip
     assert [r["cpus"] for r in started] == [sorted(allowed - {shadow_cpu})] * 2
 
-    every_cpu = ServerProcess(
-        env={"MODEL_REPOSITORY": str(model_repo), "SHADOW_CPUS": str(len(allowed))},
-        workers=1,
-        log_path=tmp_path / "every-cpu.log",
-    )
-    try:
-        code = every_cpu.process.wait(timeout=60)
-    finally:
-        every_cpu.stop()
+    code, log = failed_start(tmp_path / "every-cpu.log", model_repo, SHADOW_CPUS=str(len(allowed)))
     assert code == 2
-    assert "none is left to serve" in every_cpu.log_text()
+    assert "none is left to serve" in log
 
 
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="needs a machine without a CUDA device"
 )
 def test_cuda_without_gpu_fails_fast(model_repo: Path, tmp_path: Path) -> None:
-    server = ServerProcess(
-        env={"MODEL_REPOSITORY": str(model_repo), "DEVICE": "cuda", "LOG_FORMAT": "json"},
-        workers=1,
-        log_path=tmp_path / "cuda.log",
-    )
-    try:
-        code = server.process.wait(timeout=60)
-    finally:
-        server.stop()
+    code, log = failed_start(tmp_path / "cuda.log", model_repo, DEVICE="cuda", LOG_FORMAT="json")
     assert code != 0
-    assert "DEVICE=cuda but no CUDA device is visible" in server.log_text()
+    assert "DEVICE=cuda but no CUDA device is visible" in log
