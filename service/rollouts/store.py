@@ -7,6 +7,8 @@ cannot overwrite each other's change unseen; the second gets `StaleRevision`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +31,20 @@ class StoredPolicy:
     updated_at: dt.datetime
 
 
-async def _connect(conninfo: str, timeout_s: float) -> psycopg.AsyncConnection[Any]:
-    conn = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=max(1, int(timeout_s)))
-    await conn.execute(f"SET statement_timeout = {int(timeout_s * 1000)}")
-    return conn
+@asynccontextmanager
+async def _connect(conninfo: str, timeout_s: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    # The SET is inside the `async with`: a refresher cancelled while it runs must still close
+    # the connection, not leave it open for the garbage collector.
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, connect_timeout=max(1, int(timeout_s))
+    ) as conn:
+        await conn.execute(f"SET statement_timeout = {int(timeout_s * 1000)}")
+        yield conn
 
 
 async def load_policies(conninfo: str, *, timeout_s: float = 2.0) -> dict[str, StoredPolicy]:
     async with (
-        await _connect(conninfo, timeout_s) as conn,
+        _connect(conninfo, timeout_s) as conn,
         conn.cursor(row_factory=dict_row) as cursor,
     ):
         await cursor.execute(
@@ -67,7 +74,7 @@ async def save_policy(
     """Store `policy` as the model's next revision. `expected`: the revision it replaces (0:
     none yet); another one is a `StaleRevision`. None: whatever is there."""
     body = Jsonb(policy.model_dump(mode="json", exclude_none=True))
-    async with await _connect(conninfo, timeout_s) as conn, conn.transaction():
+    async with _connect(conninfo, timeout_s) as conn, conn.transaction():
         cursor = await conn.execute(
             "SELECT revision FROM routing_policies WHERE model_name = %s FOR UPDATE", (model,)
         )
@@ -97,7 +104,7 @@ async def load_events(
     conninfo: str, model: str, *, since: dt.datetime, timeout_s: float = 5.0
 ) -> list[dict[str, Any]]:
     async with (
-        await _connect(conninfo, timeout_s) as conn,
+        _connect(conninfo, timeout_s) as conn,
         conn.cursor(row_factory=dict_row) as cursor,
     ):
         await cursor.execute(

@@ -3,13 +3,16 @@ worker's table following them."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -93,6 +96,31 @@ async def test_a_read_older_than_this_workers_own_save_does_not_undo_it(
     assert REGISTRY.get_sample_value("torchdock_routing_policies_read_timestamp_seconds") >= (
         read_from
     )
+
+
+async def test_a_read_cancelled_while_it_sets_its_timeout_closes_its_connection(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresher stopped at shutdown is cancelled wherever it waits; an open connection left
+    behind is found only later, by the garbage collector (CI saw its ResourceWarning)."""
+    opened: list[psycopg.AsyncConnection[Any]] = []
+    setting = asyncio.Event()
+    execute = psycopg.AsyncConnection.execute
+
+    async def hang_on_the_timeout(conn: psycopg.AsyncConnection[Any], query: Any, *a: Any) -> Any:
+        if str(query).startswith("SET statement_timeout"):
+            opened.append(conn)
+            setting.set()
+            await asyncio.Event().wait()
+        return await execute(conn, query, *a)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", hang_on_the_timeout)
+    read = asyncio.create_task(load_policies(database_url))
+    await asyncio.wait_for(setting.wait(), 10)
+    read.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await read
+    assert len(opened) == 1 and opened[0].closed
 
 
 async def test_without_a_database_a_policy_cannot_be_shared() -> None:
