@@ -70,6 +70,7 @@ def load_model(
     """Load and warm up one version. Call only on the torch thread."""
     started = time.monotonic()
     handler = handler_for(manifest, artifact.parent)
+    handler.place(device)
     module = load_module(artifact, manifest.format, device, precision)
     model = LoadedModel(
         manifest=manifest,

@@ -101,3 +101,25 @@ def test_a_long_text_does_not_pad_the_short_ones(model_repo: Path) -> None:
             alone = handler.preprocess_in_passes([texts[i]])[0][1]
             vector = handler.postprocess(module(*alone.inputs), alone)[0].vector
             assert float(vector @ together[i]) >= 0.99999
+
+
+def test_texts_of_mixed_lengths_are_cut_on_a_cpu_and_not_on_a_gpu(model_repo: Path) -> None:
+    """On a CPU padding costs what real tokens do: a batch of mixed lengths is cut, and each
+    text embeds as it does alone. On a GPU it is cut only at the token budget."""
+    directory = model_repo / "minilm" / "1"
+    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
+    module = torch.export.load(str(directory / "model.pt2")).module()
+    texts = [SENTENCES[0], " ".join(SENTENCES[:8]), SENTENCES[1], " ".join(SENTENCES[8:12])]
+    handler.place(torch.device("cpu"))
+    passes = handler.preprocess_in_passes(texts)
+    assert len(passes) > 1
+    with torch.inference_mode():
+        for positions, prepared in passes:
+            for i, embedding in zip(
+                positions, handler.postprocess(module(*prepared.inputs), prepared), strict=True
+            ):
+                alone = handler.preprocess([texts[i]])
+                vector = handler.postprocess(module(*alone.inputs), alone)[0].vector
+                assert float(vector @ embedding.vector) >= 0.99999
+    handler.place(torch.device("cuda"))
+    assert [positions for positions, _ in handler.preprocess_in_passes(texts)] == [[0, 1, 2, 3]]

@@ -108,6 +108,16 @@ def test_the_int8_study_reports_every_scheme() -> None:
     assert "Greedy, least sensitive first" in completed.stdout
 
 
+def test_the_padding_bench_reports_both_cuts(model_repo: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.padding", "--repository", str(model_repo),
+               "--rounds", "1", "--seconds", "0.2", "--batch-sizes", "4"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line for line in completed.stdout.splitlines() if "batch   4:" in line]
+    assert [row.split()[0] for row in rows] == ["mixed", "uniform"]
+    assert all("budget only" in row and "cheapest" in row and "x" in row for row in rows)
+
+
 def test_the_shadow_bench_reports_both_phases(postgres_admin_url: str) -> None:
     command = [sys.executable, "-m", "benchmarks.shadow", "--rounds", "1", "--seconds", "1",
                "--work", "8"]  # fmt: skip

@@ -90,6 +90,10 @@ class ModelHandler(ABC, Generic[Item, Pred]):
         One pass by default; a handler whose cost grows with padding splits the batch."""
         return [(list(range(len(items))), self.preprocess(items))]
 
+    def place(self, device: torch.device) -> None:
+        """Told, before warm-up, the device that runs the model: a handler whose passes weigh
+        padding against another pass (text) weighs them for it. Nothing to do by default."""
+
     @abstractmethod
     def postprocess(self, outputs: Any, prepared: Prepared) -> list[Pred]:
         """The model's outputs (already on the CPU) to one prediction per item (torch thread)."""

@@ -22,6 +22,12 @@ from service.runtime.handlers.base import ModelHandler, Prepared
 # sizes (measured on one core: 1,850-2,900 tokens/s from 16x32 to 16x256), so cutting a batch
 # costs little; padding is what costs.
 TOKENS_PER_PASS = 2048
+# What one more forward pass costs beyond its tokens, counted in tokens: minilm on one AMD EPYC
+# core, fp32, took ~0.25-0.3 ms a token and 7-10 ms more a pass (1x16: 11 ms, 8x16: 39 ms,
+# 32x16: 138 ms). Cutting a batch where it saves more padding than this served 1.1-1.6x the
+# texts/s on mixed lengths (benchmarks/padding.py). A GPU pays its launches per pass, and
+# padding within the budget costs it little: there a batch is cut only at the budget.
+CPU_PASS_OVERHEAD_TOKENS = 32
 # The most tokens one request may hold after truncation, unless its manifest says otherwise:
 # 32 texts at the 256-token limit, four passes. Characters alone do not bound the cost.
 MAX_REQUEST_TOKENS = 4 * TOKENS_PER_PASS
@@ -36,6 +42,7 @@ class TextInputs:
         self.max_chars = int(pre["max_chars"])
         self.max_request_tokens = int(pre.get("max_request_tokens", MAX_REQUEST_TOKENS))
         self.input_name = handler.manifest.inputs[0].name
+        self.pass_overhead_tokens = CPU_PASS_OVERHEAD_TOKENS
         # Tokenisation runs on the torch thread; a rayon pool beside torch's threads would
         # oversubscribe the cores.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,28 +90,52 @@ class TextInputs:
         return Prepared((ids, mask), context=(counts, truncated))
 
     def in_passes(self, items: list[str]) -> list[tuple[list[int], Prepared]]:
-        """Texts sorted by length and cut into passes of at most TOKENS_PER_PASS padded tokens.
+        """Texts sorted by length and cut into the passes that cost least: each pass pads its
+        texts to its longest, and costs that many tokens plus `pass_overhead_tokens`; none
+        holds more than TOKENS_PER_PASS padded tokens (a lone text may, up to `max_tokens`).
 
-        A pass pads every text to its longest, so one truncated paragraph among 63 short
-        sentences would cost as much as 64 paragraphs (seconds on one core, past the request
-        deadline). Cut by length, a batch costs about its real token count; 64 short sentences
-        still make a single pass."""
+        A batch of sentences of one length stays one pass. One truncated paragraph among 63
+        short sentences no longer costs 64 paragraphs (seconds on one core, past the request
+        deadline), and texts of mixed lengths cost about their real tokens."""
         prepared = self.preprocess(items)
         ids, mask = prepared.inputs
         counts, truncated = prepared.context
-        # The usual batch fits in one pass: it goes as tokenised, with no sort and no copy.
-        if len(items) * max(counts) <= TOKENS_PER_PASS:
+        padding = len(items) * max(counts) - sum(counts)
+        # The usual batch: one pass as tokenised, with no sort and no copy.
+        if padding <= self.pass_overhead_tokens and len(items) * max(counts) <= TOKENS_PER_PASS:
             return [(list(range(len(items))), prepared)]
-        passes: list[tuple[list[int], Prepared]] = []
-        chunk: list[int] = []
-        # Ascending lengths: the text being added is the longest of its pass.
-        for index in sorted(range(len(items)), key=counts.__getitem__):
-            if chunk and (len(chunk) + 1) * counts[index] > TOKENS_PER_PASS:
-                passes.append(_pass(chunk, ids, mask, counts, truncated))
-                chunk = []
-            chunk.append(index)
-        passes.append(_pass(chunk, ids, mask, counts, truncated))
-        return passes
+        cuts = cheapest_cuts(counts, budget=TOKENS_PER_PASS, overhead=self.pass_overhead_tokens)
+        return [_pass(chunk, ids, mask, counts, truncated) for chunk in cuts]
+
+
+def cheapest_cuts(counts: list[int], *, budget: int, overhead: int) -> list[list[int]]:
+    """The positions of `counts` (token counts), in passes of neighbours in length order that
+    minimise the sum of `overhead + texts x longest` over the passes, each within `budget`
+    padded tokens unless it holds one text alone. Dynamic programming over the sorted counts:
+    at most 64 x 64 steps for a full batch, well under a millisecond."""
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    lengths = [counts[i] for i in order]
+    # cost[end]: the least cost of the first `end` texts in length order; start[end]: where the
+    # last pass of that cheapest cut begins.
+    cost = [0] + [0] * len(order)
+    start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[end - 1]
+        cost[end] = cost[end - 1] + overhead + longest  # the text alone
+        start[end] = end - 1
+        for begin in range(end - 2, -1, -1):
+            texts = end - begin
+            if texts * longest > budget:
+                break
+            joined = cost[begin] + overhead + texts * longest
+            if joined <= cost[end]:  # on a tie, fewer passes
+                cost[end], start[end] = joined, begin
+    cuts: list[list[int]] = []
+    end = len(order)
+    while end:
+        cuts.append(order[start[end] : end])
+        end = start[end]
+    return cuts[::-1]
 
 
 class TextItems:
@@ -129,6 +160,10 @@ class TextItems:
 
     def preprocess_in_passes(self, items: list[str]) -> list[tuple[list[int], Prepared]]:
         return self.text.in_passes(items)
+
+    def place(self, device: torch.device) -> None:
+        if device.type != "cpu":
+            self.text.pass_overhead_tokens = TOKENS_PER_PASS
 
 
 def _pass(
