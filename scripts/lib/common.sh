@@ -55,12 +55,22 @@ ensure_compose() {
 
 # compose_cli ARGS...: the Docker CLI's Compose plugin, or else the same binary from .venv, which
 # resolves and checks the compose files (`config`) with no Docker CLI or engine at all.
+# Which one is decided on the first call and kept for the script: asking the plugin for its
+# version costs a process on every call otherwise.
+COMPOSE_VIA=""
 compose_cli() {
-  if docker_cli compose version >/dev/null 2>&1; then
+  if [[ -z "$COMPOSE_VIA" ]]; then
+    if docker_cli compose version >/dev/null 2>&1; then
+      COMPOSE_VIA=plugin
+    elif [[ -x "$VENV/bin/docker-compose" ]]; then
+      COMPOSE_VIA=venv
+    else
+      die "no Compose v2: run scripts/docker-engine start, or scripts/bootstrap"
+    fi
+  fi
+  if [[ "$COMPOSE_VIA" == plugin ]]; then
     docker_cli compose "$@"
-  elif [[ -x "$VENV/bin/docker-compose" ]]; then
-    "$VENV/bin/docker-compose" "$@"
   else
-    die "no Compose v2: run scripts/docker-engine start, or scripts/bootstrap"
+    "$VENV/bin/docker-compose" "$@"
   fi
 }
