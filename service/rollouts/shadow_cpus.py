@@ -40,11 +40,11 @@ def keep_cpus_for_shadows(shadow_count: int) -> frozenset[int]:
     allowed = frozenset(os.sched_getaffinity(0))
     serving, shadow = split_cpus(allowed, shadow_count)
     pin_every_thread(serving)
-    if available_cpus() < len(allowed):
+    if (quota_cpus := available_cpus()) < len(allowed):
         logger.warning(
             "SHADOW_CPUS under a CPU quota: the shadows' time counts against the workers' quota."
             " Give the container CPUs of its own (a cpuset) instead.",
-            extra={"cpus": sorted(allowed), "quota_cpus": available_cpus()},
+            extra={"cpus": sorted(allowed), "quota_cpus": quota_cpus},
         )
     return shadow
 
