@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -46,6 +47,10 @@ from loadtests import payloads
 from loadtests.report import cpu_model
 from service.config import RuntimeSetting, available_cpus, load_settings
 from service.runtime.manifest import ModelPrecision
+
+if TYPE_CHECKING:
+    from service.runtime.executor import TorchThread
+    from service.runtime.model import LoadedModel
 
 HOST = "127.0.0.1"
 DISTINCT_TEXTS = 2048
@@ -145,17 +150,17 @@ class CeilingPool:
             process.join(timeout=30)
 
 
-def _ceiling_worker(
-    pipe: Connection,
+def load_minilm(
     repository: Path,
+    *,
     precision: str,
     threads: int,
-    device_name: str,
-    profile: str,
-    runtime: RuntimeSetting,
-) -> None:
-    """The served code path (handler + artifact, eager or compiled as the server would choose)
-    with no server around it."""
+    device_name: str = "cpu",
+    runtime: RuntimeSetting = "eager",
+) -> tuple[LoadedModel, TorchThread, asyncio.AbstractEventLoop]:
+    """minilm from `repository` as a server worker loads it, on a torch thread of its own; the
+    loop runs that thread's jobs. Shut both down when done."""
+    # Imported here: the bench's main process drives servers, and needs no torch of its own.
     from service.runtime.device import choose_precision, resolve_device
     from service.runtime.executor import TorchThread
     from service.runtime.loading import load_model
@@ -181,6 +186,23 @@ def _ceiling_worker(
             runtime=runtime,
             may_run_code=True,  # the bench built the repository, or was handed it
         )
+    )
+    return model, torch_thread, loop
+
+
+def _ceiling_worker(
+    pipe: Connection,
+    repository: Path,
+    precision: str,
+    threads: int,
+    device_name: str,
+    profile: str,
+    runtime: RuntimeSetting,
+) -> None:
+    """The served code path (handler + artifact, eager or compiled as the server would choose)
+    with no server around it."""
+    model, torch_thread, loop = load_minilm(
+        repository, precision=precision, threads=threads, device_name=device_name, runtime=runtime
     )
     print(
         f"ceiling: {model.precision.precision}, {model.runtime.runtime} ({model.runtime.reason})",

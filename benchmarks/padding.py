@@ -11,20 +11,15 @@ and the ratio of the cheapest cut to the budget-only one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from pathlib import Path
 
-from benchmarks.bench import TEXT_PROFILES, ensure_repository
+from benchmarks.bench import TEXT_PROFILES, ensure_repository, load_minilm
 from loadtests.report import cpu_model
 from service.config import available_cpus
-from service.runtime.device import choose_precision, resolve_device
-from service.runtime.executor import TorchThread
 from service.runtime.handlers.text import CPU_PASS_OVERHEAD_TOKENS, TOKENS_PER_PASS
-from service.runtime.loading import load_model
-from service.runtime.manifest import Manifest
-from service.runtime.model import BatchPolicy, LoadedModel
+from service.runtime.model import LoadedModel
 
 # Overhead in tokens for each way of cutting: counting a pass as dear as a full budget keeps
 # every batch whole unless it would pass the budget (what the server did before).
@@ -76,30 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, help="model repository with minilm")
     args = parser.parse_args(argv)
 
-    directory = ensure_repository(args.repository) / "minilm" / "1"
-    manifest = Manifest.read(directory)
-    torch_thread = TorchThread(threads=args.threads)
-    loop = asyncio.new_event_loop()
+    model, torch_thread, loop = load_minilm(
+        ensure_repository(args.repository), precision=args.precision, threads=args.threads
+    )
     try:
-        device = loop.run_until_complete(torch_thread.run(resolve_device, "cpu"))
-        model = loop.run_until_complete(
-            torch_thread.run(
-                load_model,
-                manifest=manifest,
-                artifact=directory / manifest.artifact,
-                device=device,
-                precision=choose_precision(
-                    args.precision, manifest.precision, device, model="minilm"
-                ),
-                torch_thread=torch_thread,
-                policy=BatchPolicy(
-                    enabled=True,
-                    max_batch_size=max(args.batch_sizes),
-                    max_delay_s=0,
-                    max_queue_items=256,
-                ),
-            )
-        )
         print(
             f"minilm, {model.precision.precision}, {args.threads} torch thread(s),"
             f" {available_cpus()} CPUs ({cpu_model()}); texts/s, median of {args.rounds} rounds",
