@@ -123,3 +123,5 @@ def test_texts_of_mixed_lengths_are_cut_on_a_cpu_and_not_on_a_gpu(model_repo: Pa
                 assert float(vector @ embedding.vector) >= 0.99999
     handler.place(torch.device("cuda"))
     assert [positions for positions, _ in handler.preprocess_in_passes(texts)] == [[0, 1, 2, 3]]
+    handler.place(torch.device("cpu"))  # placed again, e.g. a model moved back to the CPU
+    assert len(handler.preprocess_in_passes(texts)) == len(passes)

@@ -112,12 +112,12 @@ def cheapest_cuts(counts: list[int], *, budget: int, overhead: int) -> list[list
     """The positions of `counts` (token counts), in passes of neighbours in length order that
     minimise the sum of `overhead + texts x longest` over the passes, each within `budget`
     padded tokens unless it holds one text alone. Dynamic programming over the sorted counts:
-    at most 64 x 64 steps for a full batch, well under a millisecond."""
+    quadratic in the batch, 0.1-0.3 ms for 64 texts and 0.6-2.3 ms for 256 (measured)."""
     order = sorted(range(len(counts)), key=counts.__getitem__)
     lengths = [counts[i] for i in order]
     # cost[end]: the least cost of the first `end` texts in length order; start[end]: where the
     # last pass of that cheapest cut begins.
-    cost = [0] + [0] * len(order)
+    cost = [0] * (len(order) + 1)
     start = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         longest = lengths[end - 1]
@@ -162,8 +162,8 @@ class TextItems:
         return self.text.in_passes(items)
 
     def place(self, device: torch.device) -> None:
-        if device.type != "cpu":
-            self.text.pass_overhead_tokens = TOKENS_PER_PASS
+        on_cpu = device.type == "cpu"
+        self.text.pass_overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if on_cpu else TOKENS_PER_PASS
 
 
 def _pass(
