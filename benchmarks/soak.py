@@ -1,6 +1,9 @@
 """Soak minilm at a fixed concurrency and watch each worker's RSS for growth.
 
-    .venv/bin/python -m benchmarks.soak [--minutes 10] [--concurrency 32]
+    .venv/bin/python -m benchmarks.soak [--minutes 10] [--concurrency 32] [--env JSON]
+
+`--env` adds to the server's environment, e.g. to soak under another allocator:
+`--env '{"LD_PRELOAD": "/lib/x86_64-linux-gnu/libjemalloc.so.2"}'`.
 
 RSS is sampled every `--interval` seconds. Growth is measured from the end of the warm-up to
 the end of the run, per worker; the exit code is 1 when it exceeds `--max-growth`.
@@ -9,6 +12,7 @@ the end of the run, per worker; the exit code is 1 when it exceeds `--max-growth
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -24,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--max-growth", type=float, default=0.05)
     parser.add_argument("--repository", type=Path)
+    parser.add_argument("--env", default="{}", help="JSON object added to the server's environment")
     args = parser.parse_args(argv)
 
     repository = ensure_repository(args.repository)
     log = Path(tempfile.mkdtemp(prefix="torchdock-soak-")) / "server.log"
-    server = Server(repository, {}, log)
+    server = Server(repository, json.loads(args.env), log)
     samples: list[tuple[float, list[float], float, int]] = []
     try:
         server.wait_ready()

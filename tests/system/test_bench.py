@@ -118,6 +118,20 @@ def test_the_padding_bench_reports_both_cuts(model_repo: Path) -> None:
     assert all("budget only" in row and "cheapest" in row and "x" in row for row in rows)
 
 
+def test_the_soak_reports_growth_per_worker_of_a_server_run_with_its_env(model_repo: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.soak", "--repository", str(model_repo),
+               "--minutes", "0.1", "--warmup-minutes", "0", "--interval", "2",
+               "--max-growth", "1", "--env", '{"WORKERS": "1"}']  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    samples = [line for line in completed.stdout.splitlines() if line.startswith("t=")]
+    assert len(samples) == 3 and all("errors=0" in line for line in samples)
+    # One worker, as --env asked: one RSS figure a sample, and one growth figure.
+    assert all("/" not in line.split("rss_mb=")[1] for line in samples)
+    summary = completed.stdout.splitlines()[-1]
+    assert summary.startswith("RSS after warm-up") and summary.count("%") == 1
+
+
 def test_the_shadow_bench_reports_both_phases(postgres_admin_url: str) -> None:
     command = [sys.executable, "-m", "benchmarks.shadow", "--rounds", "1", "--seconds", "1",
                "--work", "8"]  # fmt: skip
