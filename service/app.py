@@ -207,6 +207,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    # FastAPI tries routes in order, and each one tried first cost a prediction ~0.1 ms of the
+    # event loop: the prediction routes come first.
+    app.include_router(v2.predictions)
+    app.include_router(v1.predictions)
     app.include_router(v2.router)
     app.include_router(v1.router)
     app.include_router(ops.router)

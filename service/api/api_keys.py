@@ -1,5 +1,8 @@
 """The API-key check of the prediction (and, by setting, metadata) routes.
 
+The prediction routes call `check_api_key` themselves (see `prediction_route`); the metadata
+routes depend on `MetadataKey`.
+
 Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`; 401 when missing or not
 usable, 403 when the key may not use the model, 429 past the key's rate limit. The key's id
 goes to the prediction log; the key itself goes nowhere.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import Depends, Request
 
-from service.api.deps import State
+from service.api.deps import AppState, State
 from service.api.problems import Problem
 from service.keys.keys import ApiKey
 from service.observability import metrics
@@ -28,7 +31,7 @@ def _presented(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def _check(request: Request, state: State) -> ApiKey | None:
+async def check_api_key(request: Request, state: AppState) -> ApiKey | None:
     if state.key_ring is None:  # API_KEYS=off
         return None
     settings = state.settings
@@ -97,8 +100,7 @@ async def _check(request: Request, state: State) -> ApiKey | None:
 async def _check_metadata(request: Request, state: State) -> ApiKey | None:
     if not state.settings.api_keys_protect_metadata:
         return None
-    return await _check(request, state)
+    return await check_api_key(request, state)
 
 
-PredictionKey = Depends(_check)
 MetadataKey = Depends(_check_metadata)

@@ -19,18 +19,22 @@ from fastapi.routing import APIRoute
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
+def loads_json(body: bytes) -> Any:
+    """The document in body; json.JSONDecodeError (with a reason) where it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if e.doc.startswith(_NON_FINITE, e.pos):
+            raise json.JSONDecodeError(
+                "NaN and Infinity are not JSON numbers", e.doc, e.pos
+            ) from None
+        raise
+
+
 class OrjsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            body = await self.body()
-            try:
-                self._json = orjson.loads(body)
-            except orjson.JSONDecodeError as e:
-                if e.doc.startswith(_NON_FINITE, e.pos):
-                    raise json.JSONDecodeError(
-                        "NaN and Infinity are not JSON numbers", e.doc, e.pos
-                    ) from None
-                raise
+            self._json = loads_json(await self.body())
         return self._json
 
 

@@ -144,3 +144,17 @@ def test_the_shadow_bench_reports_both_phases(postgres_admin_url: str) -> None:
     assert "server B, shadowed: p50" in completed.stdout
     assert "client p99 ratio, B / A:" in completed.stdout
     assert "'computed':" in completed.stdout
+
+
+def test_the_event_loop_bench_measures_this_tree_against_a_commit() -> None:
+    command = [sys.executable, "-m", "benchmarks.event_loop", "--api", "v2", "--rounds", "1",
+               "--requests", "300", "--against", "HEAD"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    for tree in ("this tree", "HEAD"):
+        (figures,) = [line for line in lines if line.strip().startswith(f"{tree}: loop CPU")]
+        assert float(figures.split("loop CPU ")[1].split(" ms")[0]) > 0
+    assert lines[-1].startswith("  this tree / HEAD: loop CPU")
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True)
+    assert "torchdock-event-loop-" not in worktrees.stdout  # removed again

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.api_keys import MetadataKey, PredictionKey
+from service.api.api_keys import MetadataKey
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
@@ -16,10 +16,13 @@ from service.api.inference import (
     json_response,
 )
 from service.api.json_route import OrjsonRoute
+from service.api.prediction_route import PredictionRoute
 from service.api.schemas import PredictRequest
 from service.api.versioned_route import versioned_route
 
 router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False, route_class=OrjsonRoute)
+# Its own router, so that the app can try it before every other route (see create_app).
+predictions = APIRouter(prefix="/v1", tags=["v1"], route_class=PredictionRoute)
 
 
 @router.get(
@@ -56,13 +59,7 @@ async def list_models(state: State) -> Response:
     return json_response({"models": models})
 
 
-@versioned_route(
-    router,
-    "POST",
-    "/models/{name}{version}:predict",
-    summary="Predict",
-    dependencies=[PredictionKey],
-)
+@versioned_route(predictions, "POST", "/models/{name}{version}:predict", summary="Predict")
 async def predict_instances(
     name: str, version: str | None, body: PredictRequest, request: Request, state: State
 ) -> Response:

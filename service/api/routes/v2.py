@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.api_keys import MetadataKey, PredictionKey
+from service.api.api_keys import MetadataKey
 from service.api.deps import State
 from service.api.inference import (
     PredictionRecord,
@@ -17,6 +17,7 @@ from service.api.inference import (
     json_response,
 )
 from service.api.json_route import OrjsonRoute
+from service.api.prediction_route import PredictionRoute
 from service.api.routing import parse_version
 from service.api.schemas import InferenceRequest
 from service.api.tensors import decode_inputs, encode_outputs, select_outputs
@@ -25,6 +26,8 @@ from service.runtime.errors import ModelNotReady
 
 # V2 clients (tritonclient, for one) send JSON without a Content-Type: parse it anyway.
 router = APIRouter(prefix="/v2", tags=["v2"], strict_content_type=False, route_class=OrjsonRoute)
+# Its own router, so that the app can try it before every other route (see create_app).
+predictions = APIRouter(prefix="/v2", tags=["v2"], route_class=PredictionRoute)
 PLATFORM = "pytorch_torchexport"
 
 
@@ -82,13 +85,7 @@ async def model_ready(name: str, version: str | None, state: State) -> Response:
     return json_response(body, version=chosen.version)
 
 
-@versioned_route(
-    router,
-    "POST",
-    "/models/{name}{version}/infer",
-    summary="Inference",
-    dependencies=[PredictionKey],
-)
+@versioned_route(predictions, "POST", "/models/{name}{version}/infer", summary="Inference")
 async def infer(
     name: str, version: str | None, body: InferenceRequest, request: Request, state: State
 ) -> Response:

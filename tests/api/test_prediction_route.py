@@ -1,0 +1,101 @@
+"""The prediction routes answer bad bodies exactly as FastAPI's own handler does, and are the
+first routes the app tries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.deps import State
+from service.api.json_route import OrjsonRoute
+from service.api.prediction_route import PredictionRoute
+from service.api.routes import v1, v2
+from service.api.schemas import PredictRequest
+from service.app import create_app
+from tests.conftest import SettingsFactory, serve
+
+pytestmark = pytest.mark.integration
+
+
+async def _same_signature(
+    name: str, body: PredictRequest, request: Request, state: State
+) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+# What FastAPI's handler makes of a body, for the same signature as V1's predict.
+_by_fastapi = APIRouter(strict_content_type=False, route_class=OrjsonRoute)
+_by_fastapi.add_api_route("/parity/models/{name}:predict", _same_signature, methods=["POST"])
+
+JSON = {"content-type": "application/json"}
+BAD_BODIES = [
+    pytest.param(b"", JSON, id="empty"),
+    pytest.param(b"{not json", JSON, id="malformed"),
+    pytest.param(b'{"instances": [NaN]}', JSON, id="nan"),
+    pytest.param(b'{"instances": []}', JSON, id="no-instances"),
+    pytest.param(b'{"rows": [1], "instances": 3}', JSON, id="two-errors"),
+    pytest.param(b"[1, 2]", JSON, id="not-an-object"),
+    pytest.param(b'{"instances": [1]', {}, id="no-content-type-malformed"),
+    pytest.param(
+        b"{}", {"content-type": "application/problem+json; charset=utf-8"}, id="plus-json"
+    ),
+    pytest.param(b"instances=1", {"content-type": "text/plain"}, id="text-plain"),
+    pytest.param(b"\x00\x01", {**JSON, "inference-header-content-length": "2"}, id="binary"),
+]
+
+
+def _without_request_id(r: httpx.Response) -> tuple[int, str, dict[str, Any]]:
+    body = r.json()
+    body.pop("request_id")
+    body.pop("instance", None)
+    return r.status_code, r.headers["content-type"], body
+
+
+@pytest.mark.parametrize(("content", "headers"), BAD_BODIES)
+async def test_a_bad_body_gets_the_answer_fastapi_gives(
+    make_settings: SettingsFactory, content: bytes, headers: dict[str, str]
+) -> None:
+    served = serve(make_settings())
+    served.app.include_router(_by_fastapi)
+    async with served as http:
+        ours = await http.post("/v1/models/digits:predict", content=content, headers=headers)
+        theirs = await http.post("/parity/models/digits:predict", content=content, headers=headers)
+    assert ours.status_code in (400, 415, 422)
+    assert _without_request_id(ours) == _without_request_id(theirs)
+
+
+def test_an_endpoint_it_would_call_wrongly_is_refused_when_registered() -> None:
+    async def takes_a_query(name: str, body: PredictRequest, limit: int) -> Response:
+        raise AssertionError("never called")
+
+    async def takes_no_model(
+        name: str, body: dict[str, Any], request: Request, state: State
+    ) -> Response:
+        raise AssertionError("never called")
+
+    router = APIRouter(route_class=PredictionRoute)
+    with pytest.raises(TypeError, match="takes"):
+        router.add_api_route("/m/{name}", takes_a_query, methods=["POST"])
+    with pytest.raises(TypeError, match="pydantic model"):
+        router.add_api_route("/m/{name}", takes_no_model, methods=["POST"])
+
+
+def test_the_prediction_routes_are_tried_first(make_settings: SettingsFactory) -> None:
+    """Every route tried before a prediction's costs it event-loop time (~0.1 ms in all)."""
+    app = create_app(make_settings())
+    routers = [getattr(route, "original_router", None) for route in app.router.routes]
+    assert [router for router in routers if router is not None][:2] == [
+        v2.predictions,
+        v1.predictions,
+    ]
+    paths = {route.path for route in v1.predictions.routes + v2.predictions.routes}  # type: ignore[attr-defined]
+    assert paths == {
+        "/v1/models/{name}:predict",
+        "/v1/models/{name}/versions/{version}:predict",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }
