@@ -42,11 +42,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import side_by_side
 from benchmarks.httpload import LoadResult, build_request, measure
-from benchmarks.peers import PeerPlan, free_port, peer_servers
+from benchmarks.peers import PeerPlan, peer_servers
 from loadtests import payloads
 from loadtests.report import cpu_model
 from service.config import RuntimeSetting, available_cpus, load_settings
 from service.runtime.manifest import ModelPrecision
+from tests.system.server import free_port
 
 if TYPE_CHECKING:
     from service.runtime.executor import TorchThread

@@ -14,7 +14,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -27,17 +26,12 @@ import orjson
 import psutil
 
 from benchmarks.httpload import build_request
+from tests.system.server import free_port
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 # What an Infinity or LitServe process may not do here: reach the hub, or report usage.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @functools.cache
