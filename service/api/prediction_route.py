@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pydantic
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -36,6 +36,8 @@ class PredictionRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint
         body_model = _body_model(endpoint, self.param_convertors)
+        if self.dependencies:
+            raise TypeError(f"a prediction route runs no dependencies ({self.path})")
 
         async def predict(request: Request) -> Response:
             document = await _document(request)
@@ -69,7 +71,12 @@ def _body_model(endpoint: Callable[..., Any], path_params: dict[str, Any]) -> ty
 async def _document(request: Request) -> Any:
     """The body as FastAPI hands it to validation: missing when empty, parsed when it is JSON
     or says no content type, the bytes themselves otherwise (which then fail validation)."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except Exception as e:
+        # FastAPI's answer to a body that could not be read (the client left, say); the
+        # middleware answers a body over the limit with its 413 instead.
+        raise HTTPException(400, "There was an error parsing the body") from e
     if not raw:
         return None
     content_type = request.headers.get("content-type")

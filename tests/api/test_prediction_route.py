@@ -3,11 +3,12 @@ first routes the app tries."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from service.api.deps import State
@@ -82,6 +83,40 @@ def test_an_endpoint_it_would_call_wrongly_is_refused_when_registered() -> None:
         router.add_api_route("/m/{name}", takes_a_query, methods=["POST"])
     with pytest.raises(TypeError, match="pydantic model"):
         router.add_api_route("/m/{name}", takes_no_model, methods=["POST"])
+    # It would not run them: refused rather than skipped.
+    with pytest.raises(TypeError, match="no dependencies"):
+        router.add_api_route(
+            "/m/{name}", _same_signature, methods=["POST"], dependencies=[Depends(lambda: None)]
+        )
+
+
+async def test_a_client_that_leaves_before_its_body_is_read_is_no_server_error(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = serve(make_settings())
+    async with served:
+        path = "/v1/models/digits:predict"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 1), "server": ("test", 80),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+        }  # fmt: skip
+        messages = iter([{"type": "http.request", "body": b'{"inst', "more_body": True},
+                         {"type": "http.disconnect"}])  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        statuses: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await served.app(scope, receive, send)
+    assert statuses == [400]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_the_prediction_routes_are_tried_first(make_settings: SettingsFactory) -> None:
