@@ -10,7 +10,9 @@ the body, call the endpoint. Errors take FastAPI's own shape (`RequestValidation
 that the error handlers answer exactly as they do elsewhere.
 
 The endpoint keeps its annotated signature, from which FastAPI builds the OpenAPI operation;
-it takes `name`, `body`, `request`, `state` and, at a version's path, `version`.
+it takes `name`, `body`, `request`, `state` and, at a version's path, `version`. No FastAPI
+dependency runs for it: the route refuses its own, and none may be declared where it is
+included (its router, `include_router`, the app), nor overridden.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class PredictionRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint
         body_model = _body_model(endpoint, self.param_convertors)
+        path_params = tuple(self.param_convertors)
         if self.dependencies:
             raise TypeError(f"a prediction route runs no dependencies ({self.path})")
 
@@ -44,9 +47,9 @@ class PredictionRoute(APIRoute):
             state: AppState = request.app.state.torchdock
             await check_api_key(request, state)
             body = _validated(body_model, document)
-            response: Response = await endpoint(
-                **request.path_params, body=body, request=request, state=state
-            )
+            # Only its own: a mount above it may add path parameters of its own.
+            params = {name: request.path_params[name] for name in path_params}
+            response: Response = await endpoint(**params, body=body, request=request, state=state)
             return response
 
         return predict
@@ -68,19 +71,24 @@ def _body_model(endpoint: Callable[..., Any], path_params: dict[str, Any]) -> ty
     return model
 
 
+_MISSING = object()  # an empty body; JSON's null is a document, and fails validation otherwise
+
+
 async def _document(request: Request) -> Any:
     """The body as FastAPI hands it to validation: missing when empty, parsed when it is JSON
-    or says no content type, the bytes themselves otherwise (which then fail validation)."""
+    or names no content type, the bytes themselves otherwise (which then fail validation)."""
     try:
         raw = await request.body()
+    except HTTPException:
+        raise
     except Exception as e:
         # FastAPI's answer to a body that could not be read (the client left, say); the
         # middleware answers a body over the limit with its 413 instead.
         raise HTTPException(400, "There was an error parsing the body") from e
     if not raw:
-        return None
+        return _MISSING
     content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json(content_type):
+    if content_type and not _is_json(content_type):  # an empty header names none
         return raw
     try:
         return loads_json(raw)
@@ -103,11 +111,13 @@ def _is_json(content_type: str) -> bool:
 
 
 def _validated(model: type[Any], document: Any) -> Any:
-    if document is None:
+    if document is _MISSING:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing], body=None)
     try:
         return model.model_validate(document, from_attributes=True)  # as FastAPI validates
     except pydantic.ValidationError as e:
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in e.errors()]
+        errors = [
+            {**error, "loc": ("body", *error["loc"])} for error in e.errors(include_url=False)
+        ]
         raise RequestValidationError(errors, body=document) from None

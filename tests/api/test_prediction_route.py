@@ -7,9 +7,12 @@ import logging
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import APIRouter, Depends, Request
+from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.routing import Mount
 
 from service.api.deps import State
 from service.api.json_route import OrjsonRoute
@@ -18,6 +21,7 @@ from service.api.routes import v1, v2
 from service.api.schemas import PredictRequest
 from service.app import create_app
 from tests.conftest import SettingsFactory, serve
+from tests.digits_data import ZEROS
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +39,7 @@ _by_fastapi.add_api_route("/parity/models/{name}:predict", _same_signature, meth
 JSON = {"content-type": "application/json"}
 BAD_BODIES = [
     pytest.param(b"", JSON, id="empty"),
+    pytest.param(b"null", JSON, id="null"),
     pytest.param(b"{not json", JSON, id="malformed"),
     pytest.param(b'{"instances": [NaN]}', JSON, id="nan"),
     pytest.param(b'{"instances": []}', JSON, id="no-instances"),
@@ -67,6 +72,30 @@ async def test_a_bad_body_gets_the_answer_fastapi_gives(
         theirs = await http.post("/parity/models/digits:predict", content=content, headers=headers)
     assert ours.status_code in (400, 415, 422)
     assert _without_request_id(ours) == _without_request_id(theirs)
+
+
+async def test_a_body_with_an_empty_content_type_is_read_as_json(
+    make_settings: SettingsFactory,
+) -> None:
+    """As with no Content-Type at all (V2 clients send none): an empty one names no type."""
+    body = orjson.dumps({"instances": [ZEROS]})
+    async with serve(make_settings()) as http:
+        for headers in ({}, {"content-type": ""}):
+            r = await http.post("/v1/models/digits:predict", content=body, headers=headers)
+            assert r.status_code == 200, r.text
+            assert len(r.json()["predictions"]) == 1
+
+
+async def test_path_parameters_of_a_mount_above_are_not_passed_on(
+    make_settings: SettingsFactory,
+) -> None:
+    served = serve(make_settings())
+    outer = Starlette(routes=[Mount("/tenants/{tenant}", app=served.app)])
+    async with served:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            r = await http.post("/tenants/a/v1/models/digits:predict", json={"instances": [ZEROS]})
+    assert r.status_code == 200, r.text
 
 
 def test_an_endpoint_it_would_call_wrongly_is_refused_when_registered() -> None:
