@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.api.json_route import names_json
 from service.api.problems import Problem, problem_response
 from service.runtime import errors as rt
 
@@ -74,14 +75,15 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
                 "the binary tensor data extension is not supported: send JSON tensors",
             )
         )
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if not (content_type == "application/json" or content_type.endswith("+json")):
+    content_type = request.headers.get("content-type")
+    if not names_json(content_type):  # the body was never read as JSON, so its errors say nothing
+        media = (content_type or "").partition(";")[0].strip()[:_MAX_TEXT]
         return problem_response(
             Problem(
                 415,
                 "unsupported-media-type",
                 "Unsupported media type",
-                f"send the body as JSON with Content-Type: application/json, not {content_type}",
+                f"send the body as JSON with Content-Type: application/json, not {media}",
             )
         )
     invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)

@@ -19,6 +19,17 @@ from fastapi.routing import APIRoute
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
+def names_json(content_type: str | None) -> bool:
+    """Whether a body sent with this Content-Type is read as JSON, as FastAPI reads it: no type
+    (or an empty one), application/json, or application/*+json, in any case."""
+    if not content_type:
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def loads_json(body: bytes) -> Any:
     """The document in body; json.JSONDecodeError (with a reason) where it is not JSON."""
     try:

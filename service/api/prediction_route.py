@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 
 from service.api.api_keys import check_api_key
 from service.api.deps import AppState
-from service.api.json_route import loads_json
+from service.api.json_route import loads_json, names_json
 
 _PASSED = {"body", "request", "state"}
 
@@ -87,8 +87,7 @@ async def _document(request: Request) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from e
     if not raw:
         return _MISSING
-    content_type = request.headers.get("content-type")
-    if content_type and not _is_json(content_type):  # an empty header names none
+    if not names_json(request.headers.get("content-type")):
         return raw
     try:
         return loads_json(raw)
@@ -101,13 +100,6 @@ async def _document(request: Request) -> Any:
             "ctx": {"error": e.msg},
         }
         raise RequestValidationError([error], body=e.doc) from e
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
 
 
 def _validated(model: type[Any], document: Any) -> Any:

@@ -167,6 +167,27 @@ async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
     _assert_problem(r, 415, "unsupported-media-type")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status", "slug"),
+    [
+        ("text/x+json", 415, "unsupported-media-type"),  # not application/*: never read as JSON
+        ("Application/JSON; charset=UTF-8", 422, "invalid-request"),  # media types ignore case
+        ("", 422, "invalid-request"),  # names no type: read as JSON, like no header at all
+        ("application/vnd.api+json", 422, "invalid-request"),
+    ],
+)
+async def test_the_answer_names_the_media_type_as_the_body_was_read(
+    client: httpx.AsyncClient, content_type: str, status: int, slug: str
+) -> None:
+    """A body read as JSON that fails validation is a 422, one that was not read is a 415."""
+    for path, body in (
+        ("/v1/models/digits:predict", b'{"instances": []}'),
+        ("/v2/models/digits/infer", b'{"inputs": "x"}'),
+    ):
+        r = await client.post(path, content=body, headers={"content-type": content_type})
+        _assert_problem(r, status, slug)
+
+
 async def test_invalid_timeout_header(client: httpx.AsyncClient) -> None:
     for value in ("soon", "0", "-1", "100000"):
         r = await client.post(
