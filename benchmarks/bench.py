@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import side_by_side
 from benchmarks.httpload import LoadResult, build_request, measure
 from benchmarks.peers import PeerPlan, peer_servers
+from benchmarks.thread_cpu import ThreadCpu, WindowCpu
 from loadtests import payloads
 from loadtests.report import cpu_model
 from service.config import RuntimeSetting, available_cpus, load_settings
@@ -239,6 +240,18 @@ class Point:
     # The ceiling at the batch size the server formed, measured right after this point.
     adjacent_batch: int
     adjacent_ceiling: float
+    # The workers' CPU over the point: their event loops, and every other thread of theirs.
+    worker_cpu: ThreadCpu
+
+    def cpu_shares(self) -> tuple[float, float, float]:
+        """Of all the machine's CPU time over the point: the load generator's, the event
+        loops', and the workers' other threads' (the forwards')."""
+        available = available_cpus() * self.result.seconds
+        return (
+            self.result.client_cpu_s / available,
+            self.worker_cpu.loop_s / available,
+            self.worker_cpu.other_s / available,
+        )
 
 
 @dataclass
@@ -320,11 +333,13 @@ class Server:
                     count = s.value
         return total, count
 
-    def worker_rss_mb(self) -> list[float]:
+    def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+    def worker_rss_mb(self) -> list[float]:
         rss = []
-        for pid in pids:
+        for pid in self.worker_pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss.append(int(line.split()[1]) / 1024)
@@ -365,16 +380,19 @@ def run_server(
             vectors = side_by_side.torchdock_embeddings(server.url, held_out)
             run.min_cosine = side_by_side.min_cosine(vectors, reference)
         requests = requests_for(server.port, texts)
+        workers = server.worker_pids()
         for concurrency in concurrencies:
+            window = WindowCpu(workers)
             before = server.batch_totals()
-            result = measure(server.port, requests, concurrency, seconds)
-            after = server.batch_totals()
+            result = measure(server.port, requests, concurrency, seconds,
+                             on_window_edge=window.mark)  # fmt: skip
+            after, cpu = server.batch_totals(), window.spent
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else 0.0
             # The server is idle now: its workers hold memory, not CPU.
             formed = max(1, round(mean_batch))
             adjacent = ceiling.measure(formed, ceiling_seconds)
-            run.points.append(Point(result, mean_batch, formed, adjacent))
+            run.points.append(Point(result, mean_batch, formed, adjacent, cpu))
         run.rss_mb = server.worker_rss_mb()
     finally:
         server.stop()
@@ -397,17 +415,23 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
         "",
         f"## Server (gunicorn + uvicorn), {available_cpus()} CPUs shared with the load generator",
         "",
-        "The last but two column is of the ceiling at the batch size the server formed, measured"
-        " right after the point (in sentences/s); the one before it, of the best ceiling above.",
+        '"of ceiling next to it" is of the ceiling at the batch size the server formed,'
+        " measured right after the point (in sentences/s). The CPU columns are shares of all"
+        " the machine's CPU time over the point: the load generator's, the workers' event"
+        " loops' (and their CPU per request), and the workers' other threads' (the forwards',"
+        " which the ceiling gives every CPU).",
         "",
         "| setting | conc. | req/s | p50 ms | p99 ms | p99/p50 | errors | mean batch |"
-        " of best ceiling | of ceiling next to it | client CPU | worker RSS MB |",
+        " of best ceiling | of ceiling next to it | CPU: client / loops (ms a request) /"
+        " forwards | worker RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         rss = "/".join(f"{r:.0f}" for r in run.rss_mb)
         for point in run.points:
             result = point.result
+            client, loops, forwards = point.cpu_shares()
+            loop_ms = 1000 * point.worker_cpu.loop_s / max(result.requests, 1)
             lines.append(
                 f"| {run.label} ({run.runtime}) | {result.concurrency} | {result.rps:,.0f}"
                 f" | {result.p50_ms:.1f}"
@@ -415,7 +439,7 @@ def report(ceilings: dict[str, dict[int, float]], runs: list[ServerRun], *, prec
                 f" | {point.mean_batch:.1f} | {result.rps / best:.2f}"
                 f" | {result.rps / point.adjacent_ceiling:.2f}"
                 f" ({point.adjacent_ceiling:,.0f} at {point.adjacent_batch})"
-                f" | {result.client_cpu_s / result.seconds:.0%} | {rss} |"
+                f" | {client:.0%} / {loops:.0%} ({loop_ms:.2f}) / {forwards:.0%} | {rss} |"
             )
     return "\n".join(lines)
 
@@ -447,6 +471,10 @@ def figures(
                         "mean_batch": p.mean_batch,
                         "adjacent_batch": p.adjacent_batch,
                         "adjacent_ceiling": p.adjacent_ceiling,
+                        "client_cpu_s": p.result.client_cpu_s,
+                        "loop_cpu_s": p.worker_cpu.loop_s,
+                        "forward_cpu_s": p.worker_cpu.other_s,
+                        "seconds": p.result.seconds,
                     }
                     for p in r.points
                 ],

@@ -9,7 +9,7 @@ import itertools
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -90,21 +90,37 @@ async def run_load(
     concurrency: int,
     seconds: float,
     warmup_s: float = 1.0,
+    on_window_edge: Callable[[], None] | None = None,
 ) -> LoadResult:
+    """`on_window_edge` is called as the measured window opens and as it closes (after the
+    warm-up, and `seconds` later), on this event loop, so that a caller can sample what the
+    server spent over exactly the window the figures are of."""
     latencies: list[float] = []
     counts = [0, 0]
     cycle = itertools.cycle(requests)
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu: list[float] = []
+
+    def edge() -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        client_cpu.append(usage.ru_utime + usage.ru_stime)
+        if on_window_edge is not None:
+            on_window_edge()
+
+    loop = asyncio.get_running_loop()
     now = time.perf_counter()
     warm_until, stop_at = now + warmup_s, now + warmup_s + seconds
+    loop.call_later(warmup_s, edge)
+    closing = loop.call_later(warmup_s + seconds, edge)
     await asyncio.gather(
         *(
             _connection(host, port, cycle, warm_until, stop_at, latencies, counts)
             for _ in range(concurrency)
         )
     )
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    if len(client_cpu) < 2:  # every connection saw the end before the timer fired
+        closing.cancel()
+        edge()
+    cpu = client_cpu[1] - client_cpu[0]
     return LoadResult(concurrency, seconds, counts[0], counts[1], latencies, cpu)
 
 
@@ -115,6 +131,7 @@ def measure(
     seconds: float,
     *,
     warmup_s: float = 1.0,
+    on_window_edge: Callable[[], None] | None = None,
 ) -> LoadResult:
     """One point of a benchmark against a server on 127.0.0.1, from synchronous code."""
     return asyncio.run(
@@ -125,5 +142,6 @@ def measure(
             concurrency=concurrency,
             seconds=seconds,
             warmup_s=warmup_s,
+            on_window_edge=on_window_edge,
         )
     )

@@ -6,11 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.thread_cpu import thread_cpu
+from service.config import available_cpus
+
 pytestmark = pytest.mark.system
+
+CPU_PARTS = ("client_cpu_s", "loop_cpu_s", "forward_cpu_s")
 
 
 def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
@@ -33,6 +40,37 @@ def test_bench_runs_and_reports(model_repo: Path, tmp_path: Path) -> None:
     off, default = figures["runs"]
     assert all(p["mean_batch"] == 1.0 for p in off["points"])
     assert all(r > 0 for r in default["rss_mb"])
+    for p in points:  # the CPU split: shares of the machine, so together at most all of it
+        shares = [p[k] / (p["seconds"] * available_cpus()) for k in CPU_PARTS]
+        assert all(s > 0 for s in shares) and sum(shares) <= 1.05, (p, shares)
+    assert "forwards" in completed.stdout
+
+
+def test_thread_cpu_tells_a_process_main_thread_from_its_others() -> None:
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    spun, done = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        spin(0.3)
+        spun.set()
+        done.wait()  # alive while measured: an exited thread's time leaves /proc with it
+
+    before = thread_cpu([os.getpid()])
+    thread = threading.Thread(target=worker)
+    thread.start()
+    spun.wait()
+    after_thread = thread_cpu([os.getpid()])
+    spin(0.3)
+    after_main = thread_cpu([os.getpid()])
+    done.set()
+    thread.join()
+    thread_part, main_part = after_thread - before, after_main - after_thread
+    assert thread_part.other_s >= 0.25 and thread_part.loop_s < 0.1, thread_part
+    assert main_part.loop_s >= 0.25 and main_part.other_s < 0.1, main_part
 
 
 def test_bench_runs_the_peers_side_by_side(model_repo: Path, tmp_path: Path) -> None:
