@@ -32,6 +32,15 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def compiled_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled models with their compiled variants in fp32 and bf16, built once for the
+    session (read-only: copy what a test changes)."""
+    root = tmp_path_factory.mktemp("compiled-repository")
+    build_models(root, compile=("fp32", "bf16"))
+    return root
+
+
 @pytest.fixture
 def repo_copy(model_repo: Path, tmp_path: Path) -> Path:
     """A private copy of the repository that a test may change."""

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from service.config import RuntimeSetting
-from service.packaging.build import build_models
 from service.runtime.compiled import load_compiled
 from service.runtime.device import PrecisionChoice
 from service.runtime.executor import TorchThread
@@ -24,17 +23,10 @@ from tests.conftest import SettingsFactory, serve
 from tests.digits_data import ZEROS, held_out
 from tests.sentences import SENTENCES
 
-# Runs inductor and a C++ compiler: a minute for both models.
+# compiled_repo runs inductor and a C++ compiler: a minute for both models, once a session.
 pytestmark = pytest.mark.integration
 
 LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
-
-
-@pytest.fixture(scope="module")
-def compiled_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("compiled-repository")
-    build_models(root, compile=("fp32", "bf16"))
-    return root
 
 
 def _embeddings(
