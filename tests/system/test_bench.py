@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -197,3 +198,18 @@ def test_the_event_loop_bench_measures_this_tree_against_a_commit() -> None:
     assert lines[-1].startswith("  this tree / HEAD: loop CPU")
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True)
     assert "torchdock-event-loop-" not in worktrees.stdout  # removed again
+
+
+@pytest.mark.timeout(900)  # run alone on a fresh machine, it installs the Infinity venv first
+def test_the_onnx_runtime_bench_compares_both_engines_at_equal_accuracy() -> None:
+    """The same weights and token ids through ONNX Runtime (an optimum export, in the Infinity
+    peer's venv) and torch: the embeddings must agree, or the speeds compare different work."""
+    command = [sys.executable, "-m", "benchmarks.onnx_runtime", "--rounds", "1",
+               "--seconds", "0.2", "--batch-sizes", "1", "4"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    cosine = re.search(r"embeddings to torch's (\d\.\d+)", completed.stdout)
+    assert cosine is not None and float(cosine.group(1)) >= 0.999, completed.stdout
+    rows = [line.split("|") for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert [r[1].strip() for r in rows[1:]] == ["1", "4"], rows
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 and r[4].strip().endswith("x") for r in rows[1:])
