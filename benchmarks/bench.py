@@ -83,15 +83,16 @@ def ensure_repository(
     path: Path | None,
     models: Iterable[str] = ("minilm",),
     compile: tuple[ModelPrecision, ...] = (),
+    onnx: bool = False,
 ) -> Path:
     """The given repository, else a new one with the bundled `models` built into it (and
-    compiled in the `compile` precisions)."""
+    compiled in the `compile` precisions, and exported to ONNX if `onnx`)."""
     if path is not None:
         return path
     from service.packaging.build import build_models
 
     root = Path(tempfile.mkdtemp(prefix="torchdock-bench-"))
-    build_models(root, names=tuple(models), compile=compile)
+    build_models(root, names=tuple(models), compile=compile, onnx=onnx)
     return root
 
 
@@ -309,7 +310,7 @@ class Server:
         raise TimeoutError("server not ready")
 
     def served_runtime(self) -> str:
-        """What minilm runs as in this server (eager or compiled), as it reports it."""
+        """What minilm runs as in this server (eager, compiled or onnx), as it reports it."""
         models = httpx.get(f"{self.url}/v1/models", timeout=10).json()["models"]
         minilm = next(m for m in models if m["name"] == "minilm")
         return str(minilm["versions"][0]["runtime"])
@@ -495,9 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--repository", type=Path, help="model repository with minilm")
     parser.add_argument(
-        "--runtime", choices=["eager", "compiled", "auto"], default="eager",
+        "--runtime", choices=["eager", "compiled", "onnx", "auto"], default="eager",
         help="RUNTIME for the server and the ceiling; other than eager, the bench's own"
-        " repository is built with compiled variants (a minute more)",
+        " repository is built with the variants it needs (a minute more)",
     )  # fmt: skip
     parser.add_argument(
         "--tuned", default="{}", help='JSON env for the tuned run, e.g. {"MAX_BATCH_DELAY_MS": "5"}'
@@ -521,10 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     compile: tuple[ModelPrecision, ...] = ()
-    if args.runtime != "eager":
+    if args.runtime in ("compiled", "auto"):
         # Both CPU precisions: a tuned run may ask for the other one (PRECISION=auto).
         compile = ("fp32", "bf16")
-    repository = ensure_repository(args.repository, compile=compile)
+    repository = ensure_repository(
+        args.repository, compile=compile, onnx=args.runtime in ("onnx", "auto")
+    )
     logs = Path(tempfile.mkdtemp(prefix="torchdock-bench-logs-"))
     cpus = available_cpus()
     os.environ["BENCH_DEVICE"] = args.device

@@ -75,7 +75,7 @@ def _build_models(args: argparse.Namespace) -> int:
     output = args.output or _settings_or_exit().model_repository
     names = tuple(args.model) if args.model else BUNDLED
     for manifest in build_models(
-        output, names=names, version=args.version, compile=tuple(args.compile)
+        output, names=names, version=args.version, compile=tuple(args.compile), onnx=args.onnx
     ):
         print(f"built {manifest.name}/{manifest.version} -> {output}  metrics={manifest.metrics}")
     return 0
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PRECISION",
         help="also compile a CPU variant in this precision (AOTInductor; repeatable)",
+    )
+    build.add_argument(
+        "--onnx", action="store_true", help="also export an fp32 ONNX variant (ONNX Runtime)"
     )
     build.set_defaults(func=_build_models)
 

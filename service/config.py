@@ -26,7 +26,7 @@ from service.rollouts.policy import RoutingPolicy
 from service.runtime.version_policy import VersionPolicy
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
-RuntimeSetting = Literal["auto", "eager", "compiled"]
+RuntimeSetting = Literal["auto", "eager", "compiled", "onnx"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -78,9 +78,11 @@ class Settings(BaseSettings):
     manifest's default
     """
     runtime: RuntimeSetting = "auto"
-    """`eager`, `compiled` or `auto`: a version's compiled (AOTInductor) variant where the
-    manifest has one, the CPU and torch fit it, and the version is vouched for (`MODEL_TRUST`,
-    or `ALLOW_PICKLED_ARTIFACTS`); `auto` times both at load and keeps the faster. Per model:
+    """`eager`, `compiled`, `onnx` or `auto`: a version's compiled (AOTInductor) variant where
+    the manifest has one, the CPU and torch fit it, and the version is vouched for
+    (`MODEL_TRUST`, or `ALLOW_PICKLED_ARTIFACTS`); its ONNX variant (fp32) where the manifest has
+    one and ONNX Runtime is installed; `auto` times each usable one and eager at load and keeps
+    the fastest. Per model:
     `MODEL_SETTINGS.<m>.runtime`. See [docs/models.md](models.md#compiled-variants-runtime)
     """
     model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)

@@ -33,11 +33,11 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def compiled_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled models with their compiled variants in fp32 and bf16, built once for the
-    session (read-only: copy what a test changes)."""
+def variant_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled models with their compiled variants in fp32 and bf16 and their ONNX variant,
+    built once for the session (read-only: copy what a test changes)."""
     root = tmp_path_factory.mktemp("compiled-repository")
-    build_models(root, compile=("fp32", "bf16"))
+    build_models(root, compile=("fp32", "bf16"), onnx=True)
     return root
 
 

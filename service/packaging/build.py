@@ -28,6 +28,7 @@ def build_models(
     names: tuple[str, ...] = BUNDLED,
     version: int = 1,
     compile: tuple[ModelPrecision, ...] = (),
+    onnx: bool = False,
 ) -> list[Manifest]:
     output.mkdir(parents=True, exist_ok=True)
-    return [_builder(name)(output, version=version, compile=compile) for name in names]
+    return [_builder(name)(output, version=version, compile=compile, onnx=onnx) for name in names]

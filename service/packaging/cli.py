@@ -97,6 +97,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also compile a CPU variant in this precision with AOTInductor (repeatable;"
         " needs a C++ compiler here, none where it is served; RUNTIME picks it)",
     )
+    package.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also export an fp32 ONNX variant for ONNX Runtime (RUNTIME picks it)",
+    )
     package.add_argument("--force", action="store_true", help="replace an existing version")
     package.add_argument(
         "--sign-key",
@@ -157,6 +162,7 @@ def _package(args: argparse.Namespace) -> Manifest:
         preprocessing=_json_object(args.preprocessing) if args.preprocessing else {},
         signing_key=args.sign_key,
         compile=tuple(args.compile),
+        onnx=args.onnx,
     )
     if args.torchvision is not None:
         return _package_torchvision(args, request)

@@ -21,6 +21,7 @@ from service.packaging import agreement as agreements
 from service.packaging.agreement import max_abs_diff
 from service.packaging.compile import compile_variants
 from service.packaging.errors import PackagingError
+from service.packaging.onnx_export import export_onnx
 from service.packaging.specs import as_tuple, exported_specs, named_specs, renamed
 from service.packaging.writer import copy_files, next_version, staged_version, write_manifest
 from service.runtime.artifact_safety import check_artifact
@@ -33,6 +34,7 @@ from service.runtime.manifest import (
     CompiledVariant,
     Manifest,
     ModelPrecision,
+    OnnxVariant,
     TensorSpec,
 )
 from service.runtime.model import to_host
@@ -73,6 +75,8 @@ class PackageRequest:
     precisions: tuple[ModelPrecision, ...] = ("bf16", "fp16")
     # Precisions to compile a CPU variant for (AOTInductor); torch.export artifacts only.
     compile: tuple[ModelPrecision, ...] = ()
+    # Also an fp32 ONNX variant, for ONNX Runtime (torch.export artifacts only).
+    onnx: bool = False
     # An Ed25519 private key: the manifest is signed before the version is moved into place.
     signing_key: Path | None = None
 
@@ -212,14 +216,17 @@ def _package(
             served, request.calibration or example, request.agreement, request.precisions
         )
         compiled = _compile(request, artifact_format, staging / artifact, served, example)
+        onnx = _export_onnx(request, artifact_format, staging / artifact, served, example)
         fields = _manifest_fields(request, version, inputs, outputs, measured, difference)
         fields["format"] = artifact_format
         fields["compiled"] = [v.model_dump() for v in compiled]
+        fields["onnx"] = onnx.model_dump() if onnx else None
+        variants = [*(v.file for v in compiled), *([onnx.file] if onnx else [])]
         manifest = write_manifest(
             staging,
             fields=fields,
             artifact=artifact,
-            files=sorted([*request.extra_files, *(v.file for v in compiled)]),
+            files=sorted([*request.extra_files, *variants]),
         )
         _check_handler(manifest, staging, served)
         if request.signing_key is not None:
@@ -250,6 +257,22 @@ def _compile(
     inputs = request.calibration or example
     reference = _run(served, inputs, what="the calibration input")
     return compile_variants(artifact, request.compile, inputs, reference, request.agreement)
+
+
+def _export_onnx(
+    request: PackageRequest,
+    artifact_format: ArtifactFormat,
+    artifact: Path,
+    served: torch.nn.Module,
+    example: Tensors,
+) -> OnnxVariant | None:
+    if not request.onnx:
+        return None
+    if artifact_format != "torch.export":
+        raise PackagingError("--onnx takes torch.export artifacts only, not TorchScript")
+    inputs = request.calibration or example
+    reference = _run(served, inputs, what="the calibration input")
+    return export_onnx(artifact, inputs, reference, request.agreement)
 
 
 def _manifest_fields(

@@ -22,7 +22,7 @@ from service.runtime.manifest import CompiledVariant, Manifest, ModelPrecision
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["eager", "compiled"]
+Runtime = Literal["eager", "compiled", "onnx"]
 # Forwards of the full warm-up batch timed per runtime when RUNTIME=auto compares the two.
 _TIMED_FORWARDS = 5
 

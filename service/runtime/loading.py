@@ -1,10 +1,12 @@
-"""Loading one model version: its artifact onto a device, its warm-up, eager or compiled."""
+"""Loading one model version: its artifact onto a device, its warm-up, and the runtime that
+serves it (eager, compiled or ONNX)."""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,20 @@ import torch
 
 from service.config import RuntimeSetting
 from service.observability import metrics
-from service.runtime.compiled import RuntimeChoice, load_compiled, median_seconds, usable_variant
+from service.runtime.compiled import (
+    Runtime,
+    RuntimeChoice,
+    load_compiled,
+    median_seconds,
+    usable_variant,
+)
 from service.runtime.device import DTYPES, PrecisionChoice
 from service.runtime.errors import ModelLoadError
 from service.runtime.executor import TorchThread
 from service.runtime.handlers import handler_for
 from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
+from service.runtime.onnx_session import OnnxModule, usable_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -130,54 +139,91 @@ def _choose_runtime(
     warm: list[Any],
     sizes: list[int],
 ) -> float | None:
-    """Serve the compiled variant where it is usable and (for RUNTIME=auto) faster here.
+    """Serve a variant (compiled, ONNX) where one is usable and, for RUNTIME=auto, the fastest
+    here, eager included.
 
     The seconds of a full batch with the runtime chosen, or None to keep the eager figure."""
-    variant, why = usable_variant(
-        model.manifest, model.precision.precision, model.device, may_run_code=may_run_code
-    )
-    if variant is None:
-        model.runtime = RuntimeChoice("eager", why)
-        if setting == "compiled":
-            logger.warning(
-                "RUNTIME=compiled, serving eagerly",
-                extra={"model_name": model.name, "model_version": model.version, "reason": why},
-            )
-        return None
+    candidates, refusals = _candidates(model, directory, setting, may_run_code=may_run_code)
+    eager, eager_choice = model.module, model.runtime
     full = (warm * sizes[-1])[: sizes[-1]]
-    try:
-        compiled = load_compiled(directory / variant.file)
-        eager = model.use(compiled, RuntimeChoice("compiled", f"RUNTIME={setting}"))
-    except Exception as e:  # torch raises many types for a library that does not load
-        _eager_after_all(model, f"the compiled variant failed to load: {e}")
+    fastest: tuple[Runtime, Callable[..., Any], float] | None = None
+    timings: dict[str, float] = {}
+    for runtime, load in candidates.items():
+        try:
+            module = load()
+        except Exception as e:  # torch and ONNX Runtime raise many types for a bad file
+            refusals.append(_unusable(model, f"the {runtime} variant failed to load", e))
+            continue
+        try:
+            model.use(module, RuntimeChoice(runtime, f"RUNTIME={setting}"))
+            _warm_up(model, warm, sizes)
+            timings[runtime] = median_seconds(lambda: model.forward(full))
+        except Exception as e:  # nor for one that loads and then fails
+            refusals.append(_unusable(model, f"the {runtime} variant failed its warm-up", e))
+            continue
+        finally:
+            model.use(eager, eager_choice)
+        if fastest is None or timings[runtime] < fastest[2]:
+            fastest = (runtime, module, timings[runtime])
+    if fastest is None:
+        _eager_after_all(model, setting, "; ".join(refusals))
         return None
-    try:
-        _warm_up(model, warm, sizes)
-        compiled_seconds = median_seconds(lambda: model.forward(full))
-    except Exception as e:  # nor for one that loads and then fails
-        model.use(eager, model.runtime)
-        _eager_after_all(model, f"the compiled variant failed its warm-up: {e}")
-        return None
-    if setting == "compiled":
-        return compiled_seconds
-    model.use(eager, model.runtime)
-    eager_seconds = median_seconds(lambda: model.forward(full))
-    timings = (
-        f"a batch of {len(full)}: compiled {compiled_seconds * 1e3:.1f} ms, eager"
-        f" {eager_seconds * 1e3:.1f} ms"
-    )
-    if compiled_seconds < eager_seconds:
-        model.use(compiled, RuntimeChoice("compiled", f"RUNTIME=auto, faster here ({timings})"))
-        return compiled_seconds
-    model.runtime = RuntimeChoice(
-        "eager", f"RUNTIME=auto, the compiled variant not faster here ({timings})"
-    )
-    return eager_seconds
+    if setting != "auto":
+        model.use(fastest[1], RuntimeChoice(fastest[0], f"RUNTIME={setting}"))
+        return fastest[2]
+    timings["eager"] = median_seconds(lambda: model.forward(full))
+    measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
+    measured = f"a batch of {len(full)}: {measured}"
+    if fastest[2] < timings["eager"]:
+        choice = RuntimeChoice(fastest[0], f"RUNTIME=auto, the fastest here ({measured})")
+        model.use(fastest[1], choice)
+        return fastest[2]
+    model.runtime = RuntimeChoice("eager", f"RUNTIME=auto, no variant faster here ({measured})")
+    return timings["eager"]
 
 
-def _eager_after_all(model: LoadedModel, why: str) -> None:
-    model.runtime = RuntimeChoice("eager", why)
+def _candidates(
+    model: LoadedModel, directory: Path, setting: RuntimeSetting, *, may_run_code: bool
+) -> tuple[dict[Runtime, Callable[[], Callable[..., Any]]], list[str]]:
+    """A loader for each variant the setting asks for and this server may serve; why not, for
+    the others."""
+    wanted = ("compiled", "onnx") if setting == "auto" else (setting,)
+    precision = model.precision.precision
+    loaders: dict[Runtime, Callable[[], Callable[..., Any]]] = {}
+    refusals: list[str] = []
+    if "compiled" in wanted:
+        compiled, why = usable_variant(
+            model.manifest, precision, model.device, may_run_code=may_run_code
+        )
+        if compiled is None:
+            refusals.append(why)
+        else:
+            loaders["compiled"] = lambda: load_compiled(directory / compiled.file)
+    if "onnx" in wanted:
+        onnx, why = usable_onnx(model.manifest, precision, model.device)
+        if onnx is None:
+            refusals.append(why)
+        else:
+            threads = torch.get_num_threads()
+            loaders["onnx"] = lambda: OnnxModule(directory / onnx.file, threads=threads)
+    return loaders, refusals
+
+
+def _unusable(model: LoadedModel, what: str, e: Exception) -> str:
+    """Log a variant that cannot serve (it falls back; it never fails the version); why."""
+    detail = str(e).strip()
+    why = f"{what}: {detail.splitlines()[0] if detail else type(e).__name__}"
     logger.warning(
-        "compiled variant unusable, serving eagerly",
+        "variant unusable",
         extra={"model_name": model.name, "model_version": model.version, "reason": why},
     )
+    return why
+
+
+def _eager_after_all(model: LoadedModel, setting: RuntimeSetting, why: str) -> None:
+    model.runtime = RuntimeChoice("eager", why)
+    if setting != "auto":  # for auto, no variant to serve is the common case, not a fault
+        logger.warning(
+            f"RUNTIME={setting}, serving eagerly",
+            extra={"model_name": model.name, "model_version": model.version, "reason": why},
+        )

@@ -69,6 +69,26 @@ class CompiledVariant(BaseModel):
     agreement: float
 
 
+class OnnxVariant(BaseModel):
+    """The model exported to ONNX (fp32, CPU), beside the artifact, for ONNX Runtime.
+
+    A graph of standard operators, not code: it needs no trust beyond its sha256, but it is
+    served only where the server has ONNX Runtime (the `onnx` extra)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: RelativeFile
+    precision: Literal["fp32"] = "fp32"
+    device: Literal["cpu"] = "cpu"
+    opset: int
+    # The torch release whose exporter wrote it: any ONNX Runtime that reads the opset serves it.
+    exported_by: str
+    # At packaging, against the artifact served eagerly in fp32, under ONNX Runtime.
+    max_abs_diff: float
+    # The manifest's agreement metric, against the artifact in fp32.
+    agreement: float
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -92,6 +112,7 @@ class Manifest(BaseModel):
     max_batch_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
     precision: PrecisionPolicy = Field(default_factory=PrecisionPolicy)
     compiled: list[CompiledVariant] = Field(default_factory=list)
+    onnx: OnnxVariant | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)
     torch_version: str

@@ -122,6 +122,11 @@ class LoadedModel:
             return False
         return True
 
+    @property
+    def module(self) -> Callable[..., Any]:
+        """What forwards run: the artifact's module or a variant standing in for it."""
+        return self._module
+
     def use(self, module: Callable[..., Any], runtime: RuntimeChoice) -> Callable[..., Any]:
         """Serve with `module` from now on; the module it served with until now."""
         previous, self._module, self.runtime = self._module, module, runtime

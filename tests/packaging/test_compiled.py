@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
@@ -10,59 +9,45 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import RuntimeSetting
 from service.runtime.compiled import load_compiled
 from service.runtime.device import PrecisionChoice
-from service.runtime.executor import TorchThread
-from service.runtime.handlers.text_embedding import TextEmbeddingHandler
-from service.runtime.loading import load_model, load_module
+from service.runtime.loading import load_module
 from service.runtime.manifest import Manifest
-from service.runtime.model import BatchPolicy, LoadedModel
 from service.runtime.trust import digest_lines
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import ZEROS, held_out
+from tests.packaging.variants import embeddings, load_version
 from tests.sentences import SENTENCES
 
-# compiled_repo runs inductor and a C++ compiler: a minute for both models, once a session.
+# variant_repo runs inductor and a C++ compiler, and the ONNX exporter: a minute for both
+# models, once a session.
 pytestmark = pytest.mark.integration
 
 LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
 
 
-def _embeddings(
-    forward: object, directory: Path, texts: list[str], dtype: torch.dtype
-) -> np.ndarray:
-    handler = TextEmbeddingHandler(Manifest.read(directory), directory)
-    prepared = handler.preprocess(texts)
-    with torch.inference_mode():
-        outputs = forward(*prepared.inputs)  # type: ignore[operator]
-    return np.stack([p.vector for p in handler.postprocess(outputs.float(), prepared)])
-
-
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_compiled_fp32_minilm_matches_the_eager_artifact(compiled_repo: Path, batch: int) -> None:
-    directory = compiled_repo / "minilm" / "1"
+def test_compiled_fp32_minilm_matches_the_eager_artifact(variant_repo: Path, batch: int) -> None:
+    directory = variant_repo / "minilm" / "1"
     texts = ([LONG_TEXT] + SENTENCES * 2)[:batch]  # every shape: 256 tokens down to a few
     eager = load_module(
         directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
     )
     compiled = load_compiled(directory / "model.fp32.cpu.aoti.pt2")
-    want = _embeddings(eager, directory, texts, torch.float32)
-    got = _embeddings(compiled, directory, texts, torch.float32)
+    want = embeddings(eager, directory, texts)
+    got = embeddings(compiled, directory, texts)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_compiled_bf16_minilm_stays_within_the_models_bound(compiled_repo: Path) -> None:
-    directory = compiled_repo / "minilm" / "1"
+def test_compiled_bf16_minilm_stays_within_the_models_bound(variant_repo: Path) -> None:
+    directory = variant_repo / "minilm" / "1"
     manifest = Manifest.read(directory)
     texts = [LONG_TEXT, *SENTENCES]
     eager = load_module(
         directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
     )
-    want = _embeddings(eager, directory, texts, torch.float32)
-    got = _embeddings(
-        load_compiled(directory / "model.bf16.cpu.aoti.pt2"), directory, texts, torch.bfloat16
-    )
+    want = embeddings(eager, directory, texts)
+    got = embeddings(load_compiled(directory / "model.bf16.cpu.aoti.pt2"), directory, texts)
     cosine = (want * got).sum(1) / np.linalg.norm(got, axis=1)
     bound = manifest.precision.min_agreement
     assert cosine.min() >= bound, f"worst: {texts[int(cosine.argmin())][:60]!r} {cosine.min()}"
@@ -70,8 +55,8 @@ def test_compiled_bf16_minilm_stays_within_the_models_bound(compiled_repo: Path)
     assert bound <= variant.agreement < 1.0  # measured, not copied from fp32
 
 
-def test_compiled_digits_classify_as_the_eager_artifact(compiled_repo: Path) -> None:
-    directory = compiled_repo / "digits" / "1"
+def test_compiled_digits_classify_as_the_eager_artifact(variant_repo: Path) -> None:
+    directory = variant_repo / "digits" / "1"
     images, _ = held_out()
     inputs = torch.from_numpy(images).float().reshape(-1, 1, 8, 8)
     eager = load_module(
@@ -86,8 +71,8 @@ def test_compiled_digits_classify_as_the_eager_artifact(compiled_repo: Path) -> 
     assert agreement >= 0.99
 
 
-def test_the_manifest_pins_each_variant_and_what_it_needs(compiled_repo: Path) -> None:
-    manifest = Manifest.read(compiled_repo / "minilm" / "1")
+def test_the_manifest_pins_each_variant_and_what_it_needs(variant_repo: Path) -> None:
+    manifest = Manifest.read(variant_repo / "minilm" / "1")
     assert [v.precision for v in manifest.compiled] == ["fp32", "bf16"]
     for variant in manifest.compiled:
         assert variant.file in manifest.files  # its sha256, checked at every load
@@ -96,15 +81,15 @@ def test_the_manifest_pins_each_variant_and_what_it_needs(compiled_repo: Path) -
 
 
 async def test_a_vouched_server_serves_the_compiled_variant_with_the_same_answers(
-    compiled_repo: Path, make_settings: SettingsFactory, tmp_path: Path
+    variant_repo: Path, make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     digests = tmp_path / "digests.txt"
-    digests.write_text("\n".join(digest_lines(compiled_repo)) + "\n")
+    digests.write_text("\n".join(digest_lines(variant_repo)) + "\n")
     body = {"instances": SENTENCES[:8]}
     answers = {}
     for runtime in ("compiled", "eager"):
         settings = make_settings(
-            model_repository=compiled_repo,
+            model_repository=variant_repo,
             models=["minilm"],
             precision="fp32",
             runtime=runtime,
@@ -121,9 +106,9 @@ async def test_a_vouched_server_serves_the_compiled_variant_with_the_same_answer
 
 
 async def test_an_unvouched_server_serves_eagerly(
-    compiled_repo: Path, make_settings: SettingsFactory
+    variant_repo: Path, make_settings: SettingsFactory
 ) -> None:
-    settings = make_settings(model_repository=compiled_repo, runtime="compiled")
+    settings = make_settings(model_repository=variant_repo, runtime="compiled")
     async with serve(settings) as http:
         listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
         assert listed["runtime"] == "eager"
@@ -131,60 +116,26 @@ async def test_an_unvouched_server_serves_eagerly(
         assert response.status_code == 200
 
 
-def test_native_code_needs_the_version_vouched_for(compiled_repo: Path) -> None:
-    model = _load(compiled_repo / "digits" / "1", "compiled", may_run_code=False)
+def test_native_code_needs_the_version_vouched_for(variant_repo: Path) -> None:
+    model = load_version(variant_repo / "digits" / "1", "compiled", may_run_code=False)
     assert model.runtime.runtime == "eager"
     assert "nothing vouches for this version" in model.runtime.reason
 
 
-def _load(
-    directory: Path, runtime: RuntimeSetting, *, precision: str = "fp32", may_run_code: bool = True
-) -> LoadedModel:
-    thread = TorchThread(threads=1)
-    manifest = Manifest.read(directory)
-    try:
-        return asyncio.run(
-            _on_thread(thread, directory, manifest, runtime, precision, may_run_code)
-        )
-    finally:
-        thread.shutdown()
-
-
-async def _on_thread(
-    thread: TorchThread,
-    directory: Path,
-    manifest: Manifest,
-    runtime: RuntimeSetting,
-    precision: str,
-    may_run_code: bool,
-) -> LoadedModel:
-    return await thread.run(
-        load_model,
-        manifest=manifest,
-        artifact=directory / manifest.artifact,
-        device=torch.device("cpu"),
-        precision=PrecisionChoice(precision, "test"),  # type: ignore[arg-type]
-        torch_thread=thread,
-        policy=BatchPolicy(enabled=True, max_batch_size=8, max_delay_s=0, max_queue_items=8),
-        runtime=runtime,
-        may_run_code=may_run_code,
-    )
-
-
 def test_a_variant_that_fails_to_load_leaves_the_version_eager(
-    compiled_repo: Path, tmp_path: Path
+    variant_repo: Path, tmp_path: Path
 ) -> None:
     directory = tmp_path / "digits"
-    shutil.copytree(compiled_repo / "digits" / "1", directory)
+    shutil.copytree(variant_repo / "digits" / "1", directory)
     (directory / "model.fp32.cpu.aoti.pt2").write_bytes(b"not a package")
-    model = _load(directory, "compiled")
+    model = load_version(directory, "compiled")
     assert model.runtime.runtime == "eager"
     assert "failed to load" in model.runtime.reason
     assert len(model.forward([np.zeros((8, 8), dtype=np.float32)] * 2)) == 2
 
 
-def test_auto_times_both_runtimes_and_says_which_won(compiled_repo: Path) -> None:
-    model = _load(compiled_repo / "digits" / "1", "auto", precision="bf16")
+def test_auto_times_both_runtimes_and_says_which_won(variant_repo: Path) -> None:
+    model = load_version(variant_repo / "digits" / "1", "auto", precision="bf16")
     assert model.runtime.runtime in ("eager", "compiled")
     assert "RUNTIME=auto" in model.runtime.reason
     assert "compiled" in model.runtime.reason and "eager" in model.runtime.reason

@@ -13,7 +13,7 @@ from service.cli import main
 from service.packaging.sources import module_from_factory
 from service.runtime.manifest import Manifest
 from tests.conftest import SettingsFactory, serve
-from tests.packaging.user_models import write_user_models
+from tests.packaging.user_models import eager, package, write_user_models
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +21,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def models_file(tmp_path: Path) -> Path:
     return write_user_models(tmp_path)
-
-
-def package(repo: Path, name: str, *args: str) -> Manifest:
-    assert main(["package", "--output", str(repo), "--name", name, *args]) == 0
-    versions = sorted(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
-    return Manifest.read(repo / name / str(versions[-1]))
-
-
-def eager(models_file: Path, factory: str, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-    module = module_from_factory(f"{models_file}:{factory}")
-    with torch.inference_mode():
-        out = module(*(torch.from_numpy(i) for i in inputs))
-    return tuple(o.numpy() for o in (out if isinstance(out, tuple) else (out,)))
 
 
 def report(label: str, expected: np.ndarray, actual: Any) -> float:

@@ -1,8 +1,16 @@
-"""Models that are not torchdock's, as a user would write them: source text for a temp file."""
+"""Models that are not torchdock's, as a user would write them (source text for a temp file),
+and how the tests package them and run them eagerly."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.cli import main
+from service.packaging.sources import module_from_factory
+from service.runtime.manifest import Manifest
 
 SOURCE = '''
 import torch
@@ -82,3 +90,16 @@ def write_user_models(directory: Path) -> Path:
     path = directory / "user_models.py"
     path.write_text(SOURCE)
     return path
+
+
+def package(repo: Path, name: str, *args: str) -> Manifest:
+    assert main(["package", "--output", str(repo), "--name", name, *args]) == 0
+    versions = sorted(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
+    return Manifest.read(repo / name / str(versions[-1]))
+
+
+def eager(models_file: Path, factory: str, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+    module = module_from_factory(f"{models_file}:{factory}")
+    with torch.inference_mode():
+        out = module(*(torch.from_numpy(i) for i in inputs))
+    return tuple(o.numpy() for o in (out if isinstance(out, tuple) else (out,)))

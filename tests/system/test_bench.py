@@ -121,12 +121,12 @@ def test_the_storage_bench_builds_its_models_and_reports(redis_url: str, databas
     assert all(int(r[2].replace(",", "")) > 0 and r[5].strip() == "0" for r in rows), rows
 
 
-def test_bench_serves_the_compiled_variant(compiled_repo: Path, tmp_path: Path) -> None:
+def test_bench_serves_the_compiled_variant(variant_repo: Path, tmp_path: Path) -> None:
     """--runtime compiled: the repository pinned by digest, and both the ceiling and the server
     run the variant. (Without --repository the bench compiles its own, as packaging does.)"""
     raw = tmp_path / "bench.json"
     command = [sys.executable, "-m", "benchmarks.bench", "--runtime", "compiled"]
-    command += ["--repository", str(compiled_repo)]
+    command += ["--repository", str(variant_repo)]
     command += ["--seconds", "1", "--ceiling-seconds", "0.3", "--concurrency", "4"]
     command += ["--batch-sizes", "4", "--only", "default", "--json", str(raw)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

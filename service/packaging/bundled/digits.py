@@ -92,6 +92,7 @@ def build(
     version: int = 1,
     name: str = "digits",
     compile: tuple[ModelPrecision, ...] = (),
+    onnx: bool = False,
 ) -> Manifest:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -135,6 +136,7 @@ def build(
         # A model this small gains nothing from a reduced precision: always fp32.
         precisions=(),
         compile=compile,
+        onnx=onnx,
     )
     manifest = package_module(model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),), request)
     logger.info("built digits", extra={"version": version, "held_out_accuracy": held_out})

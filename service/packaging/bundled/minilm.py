@@ -38,6 +38,7 @@ def build(
     version: int = 1,
     name: str = "minilm",
     compile: tuple[ModelPrecision, ...] = (),
+    onnx: bool = False,
 ) -> Manifest:
     weights = source_dir() / "model.safetensors"
     actual = sha256_file(weights)
@@ -55,6 +56,7 @@ def build(
         # fp16 is for GPUs; the CPU picks between fp32 and bf16.
         precisions=("bf16",),
         compile=compile,
+        onnx=onnx,
         preprocessing={"pooling": "mean over the attention mask, then L2 normalisation"},
         source={
             "package": SOURCE_PACKAGE,
