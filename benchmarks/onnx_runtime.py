@@ -1,60 +1,66 @@
-"""ONNX Runtime against torch's own forward for minilm, side by side: would serving an ONNX export
-on CPU win by a clear margin at equal accuracy?
+"""ONNX Runtime against torch for minilm, side by side: the packaged artifact run eagerly in fp32,
+its ONNX variant under ONNX Runtime (what RUNTIME=onnx serves) and, where this CPU accelerates
+bf16, the artifact in bf16 (what PRECISION=auto serves there).
 
-Both engines get the same fp32 weights (ONNX Runtime an `optimum-cli` export of them, as
-Infinity serves), the same token ids (tokenisation is left out: the server does it the same way
-for either), one thread each (the served layout: one worker per core), and pool alike. Rounds
+Every engine gets the same token ids, made by the served handler (tokenisation costs the same
+for each, so it is left out), and one thread (the served layout: one worker per core). Rounds
 alternate the engines, since these machines drift. It prints sentences/s per batch size for
-each engine and round, their ratio, and the min cosine of ONNX Runtime's embeddings to torch's.
+each engine and round, the ratios of the medians, and the min cosine of the ONNX variant's
+embeddings to torch's.
 
-    .venv/bin/python -m benchmarks.onnx_runtime [--rounds 3] [--seconds 3] [--batch-sizes 1 8 16]
+    .venv/bin/python -m benchmarks.onnx_runtime [--rounds 3] [--seconds 3] \
+        [--batch-sizes 1 8 16 64] [--repository DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from benchmarks.int8 import Inputs, load_fp32, throughput
-from benchmarks.peers import OFFLINE, onnx_model_dir, peer_venv
+from benchmarks.bench import ensure_repository
 from loadtests.report import cpu_model
 from service.packaging.bundled import minilm
+from service.runtime.device import PrecisionChoice, cpu_bf16_flags
+from service.runtime.handlers.text_embedding import TextEmbeddingHandler
+from service.runtime.loading import load_module
+from service.runtime.manifest import Manifest, OnnxVariant
+from service.runtime.onnx_session import OnnxModule
 
-_FORWARD = Path(__file__).resolve().parent / "peers" / "ort_forward.py"
-
-
-def _batch(texts: list[str], size: int) -> list[str]:
-    return [texts[i % len(texts)] for i in range(size)]
-
-
-def _write_inputs(path: Path, accuracy: Inputs, timed: dict[int, Inputs]) -> None:
-    arrays = {"acc_ids": accuracy[0].numpy(), "acc_mask": accuracy[1].numpy()}
-    for size, (ids, mask) in timed.items():
-        arrays[f"b{size}_ids"], arrays[f"b{size}_mask"] = ids.numpy(), mask.numpy()
-    np.savez(path, allow_pickle=False, **arrays)
+Inputs = tuple[torch.Tensor, ...]
 
 
-def _onnx_runtime(
-    model: Path, inputs: Path, embeddings: Path, seconds: float, threads: int
-) -> dict[str, float]:
-    python = peer_venv("infinity") / "bin" / "python"
-    command = [str(python), str(_FORWARD), "--model", str(model), "--inputs", str(inputs)]
-    command += ["--embeddings", str(embeddings), "--seconds", str(seconds)]
-    command += ["--threads", str(threads)]
-    env = {**os.environ, **OFFLINE}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"ONNX Runtime's forward failed:\n{completed.stderr[-3000:]}")
-    rates: dict[str, float] = json.loads(completed.stdout.splitlines()[-1])["rates"]
-    return rates
+def _rate(forward: Callable[..., Any], inputs: Inputs, seconds: float) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            forward(*inputs)
+        done, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            forward(*inputs)
+            done += inputs[0].shape[0]
+    return done / (time.perf_counter() - began)
+
+
+def _engines(
+    directory: Path, manifest: Manifest, onnx: OnnxVariant, threads: int
+) -> dict[str, Callable[..., Any]]:
+    def artifact(precision: str) -> torch.nn.Module:
+        choice = PrecisionChoice(precision, "bench")  # type: ignore[arg-type]
+        cpu = torch.device("cpu")
+        return load_module(directory / manifest.artifact, manifest.format, cpu, choice)
+
+    engines: dict[str, Callable[..., Any]] = {
+        "torch fp32": artifact("fp32"),
+        "ONNX Runtime fp32": OnnxModule(directory / onnx.file, threads=threads),
+    }
+    if cpu_bf16_flags():
+        engines["torch bf16"] = artifact("bf16")
+    return engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,44 +69,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="per figure")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 64])
     parser.add_argument("--threads", type=int, default=1, help="each engine's")
+    parser.add_argument("--repository", type=Path, help="with minilm and its ONNX variant")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    model, tokenise = load_fp32()
+    directory = ensure_repository(args.repository, onnx=True) / "minilm" / "1"
+    manifest = Manifest.read(directory)
+    if manifest.onnx is None:
+        raise SystemExit(f"{directory}: no ONNX variant (build the repository with --onnx)")
+    opset = manifest.onnx.opset
+    engines = _engines(directory, manifest, manifest.onnx, args.threads)
+    handler = TextEmbeddingHandler(manifest, directory)
     accuracy_texts = SENTENCES + [text for triple in PARAPHRASES for text in triple]
-    accuracy = tokenise(accuracy_texts)
-    timed = {size: tokenise(_batch(SENTENCES, size)) for size in args.batch_sizes}
+    accuracy = handler.preprocess(accuracy_texts).inputs
+    timed = {
+        size: handler.preprocess([SENTENCES[i % len(SENTENCES)] for i in range(size)]).inputs
+        for size in args.batch_sizes
+    }
     with torch.inference_mode():
-        reference = model(*accuracy).numpy()
+        reference = engines["torch fp32"](*accuracy)
+        ours = engines["ONNX Runtime fp32"](*accuracy)
+    cosine = float((reference * ours).sum(dim=1).min())  # both are normalised
 
-    work = Path(tempfile.mkdtemp(prefix="torchdock-onnx-"))
-    onnx = onnx_model_dir(minilm.source_dir(), work) / "model.onnx"
-    inputs, embeddings = work / "inputs.npz", work / "embeddings.npy"
-    _write_inputs(inputs, accuracy, timed)
-
-    rates: dict[str, dict[int, list[float]]] = {"torch": {}, "onnxruntime": {}}
+    rates: dict[str, dict[int, list[float]]] = {name: {} for name in engines}
     for _ in range(args.rounds):
-        for size, batch in timed.items():
-            rates["torch"].setdefault(size, []).append(throughput(model, batch, args.seconds))
-        measured = _onnx_runtime(onnx, inputs, embeddings, args.seconds, args.threads)
-        for size in timed:
-            rates["onnxruntime"].setdefault(size, []).append(measured[str(size)])
-    theirs = np.load(embeddings)
-    cosine = float((theirs * reference).sum(axis=1).min())  # both are normalised
+        for name, forward in engines.items():
+            for size, inputs in timed.items():
+                rates[name].setdefault(size, []).append(_rate(forward, inputs, args.seconds))
 
-    engines = f"{args.threads} thread(s) per engine, torch {torch.__version__}"
-    print(f"minilm fp32, {engines}, {cpu_model()}")
-    print(f"{len(accuracy_texts)} texts: min cosine of ONNX Runtime's embeddings to torch's"
+    import onnxruntime
+
+    print(f"minilm, {args.threads} thread(s) per engine, torch {torch.__version__},"
+          f" ONNX Runtime {onnxruntime.__version__} (opset {opset}), {cpu_model()}")  # fmt: skip
+    print(f"{len(accuracy_texts)} texts: min cosine of the ONNX variant's embeddings to torch's"
           f" {cosine:.6f} (the model's bound: {minilm.MIN_COSINE})\n")  # fmt: skip
-    print("| batch | torch, sentences/s | ONNX Runtime, sentences/s | ONNX Runtime ÷ torch |")
-    print("|---:|---|---|---:|")
+    others = [name for name in engines if name != "ONNX Runtime fp32"]
+    header = " | ".join(f"{name}, sentences/s" for name in engines)
+    ratios = " | ".join(f"ONNX Runtime ÷ {name}" for name in others)
+    print(f"| batch | {header} | {ratios} |")
+    print("|---:|" + "---|" * len(engines) + "---:|" * len(others))
     for size in timed:
-        ours, theirs_rates = rates["torch"][size], rates["onnxruntime"][size]
-        ratio = statistics.median(theirs_rates) / statistics.median(ours)
-        print(f"| {size} | {' / '.join(f'{r:.0f}' for r in ours)}"
-              f" | {' / '.join(f'{r:.0f}' for r in theirs_rates)} | {ratio:.2f}x |")  # fmt: skip
+        figures = " | ".join(" / ".join(f"{r:.0f}" for r in rates[name][size]) for name in engines)
+        onnx = statistics.median(rates["ONNX Runtime fp32"][size])
+        versus = " | ".join(f"{onnx / statistics.median(rates[n][size]):.2f}x" for n in others)
+        print(f"| {size} | {figures} | {versus} |")
     return 0
 
 
