@@ -172,7 +172,8 @@ def test_hardened_run(run_container: type[Container]) -> None:
 def test_a_mounted_repository_is_polled_read_only_as_compose_mounts_it(
     run_container: type[Container], tmp_path: Path
 ) -> None:
-    """compose.models.yml's bind mount: the image, hardened, serves what is packaged on the host."""
+    """compose.models.yml's bind mount: the image, hardened, serves what is packaged on the host,
+    through ONNX Runtime where the version has an ONNX variant."""
     import torch
 
     from service.packaging.package import PackageRequest, package_module
@@ -181,7 +182,7 @@ def test_a_mounted_repository_is_polled_read_only_as_compose_mounts_it(
 
     def add(version: int) -> None:
         torch.manual_seed(version)
-        request = PackageRequest(output=repo, name="tiny", version=version)
+        request = PackageRequest(output=repo, name="tiny", version=version, onnx=True)
         package_module(torch.nn.Linear(4, 3), (torch.zeros(2, 4),), request)
 
     add(1)
@@ -190,9 +191,12 @@ def test_a_mounted_repository_is_polled_read_only_as_compose_mounts_it(
         "--tmpfs", "/var/lib/torchdock/spool:mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--volume", f"{repo}:/opt/torchdock/models:ro",
-        env={"MODEL_CONTROL": "poll", "MODEL_POLL_S": "0.5", "WORKERS": "1"},
+        env={"MODEL_CONTROL": "poll", "MODEL_POLL_S": "0.5", "WORKERS": "1",
+             "PRECISION": "fp32", "RUNTIME": "onnx"},
     )  # fmt: skip
     container.wait_healthy()
+    listed = httpx.get(f"{container.url}/v1/models").json()["models"][0]["versions"][0]
+    assert listed["runtime"] == "onnx", docker("logs", container.name).stderr[-3000:]
     body = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
     predict = f"{container.url}/v1/models/tiny:predict"
     assert httpx.post(predict, json=body).headers["X-Model-Version"] == "1"
