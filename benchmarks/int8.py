@@ -19,6 +19,7 @@ import argparse
 import copy
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,9 @@ def min_cosine(reference: torch.Tensor, model: nn.Module, inputs: Inputs) -> flo
     return float(nn.functional.cosine_similarity(reference, got, dim=1).min())
 
 
-def throughput(model: nn.Module, inputs: Inputs, seconds: float) -> float:
+def throughput(
+    model: Callable[..., Any], inputs: tuple[torch.Tensor, ...], seconds: float
+) -> float:
     with torch.inference_mode():
         for _ in range(3):
             model(*inputs)

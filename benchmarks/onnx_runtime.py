@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench import ensure_repository
+from benchmarks.int8 import throughput
 from loadtests.report import cpu_model
 from service.packaging.bundled import minilm
 from service.runtime.device import PrecisionChoice, cpu_bf16_flags
@@ -33,17 +33,6 @@ from service.runtime.manifest import Manifest, OnnxVariant
 from service.runtime.onnx_session import OnnxModule
 
 Inputs = tuple[torch.Tensor, ...]
-
-
-def _rate(forward: Callable[..., Any], inputs: Inputs, seconds: float) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            forward(*inputs)
-        done, began = 0, time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            forward(*inputs)
-            done += inputs[0].shape[0]
-    return done / (time.perf_counter() - began)
 
 
 def _engines(
@@ -97,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, forward in engines.items():
             for size, inputs in timed.items():
-                rates[name].setdefault(size, []).append(_rate(forward, inputs, args.seconds))
+                rates[name].setdefault(size, []).append(throughput(forward, inputs, args.seconds))
 
     import onnxruntime
 

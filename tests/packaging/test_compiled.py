@@ -1,4 +1,5 @@
-"""Compiled variants (AOTInductor): parity with the eager artifact, and how a server picks them."""
+"""Compiled variants (AOTInductor): parity with the eager artifact, and how a server picks them
+(and falls back from any variant that does not load)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.config import RuntimeSetting
 from service.runtime.compiled import load_compiled
 from service.runtime.device import PrecisionChoice
 from service.runtime.loading import load_module
@@ -16,7 +18,7 @@ from service.runtime.manifest import Manifest
 from service.runtime.trust import digest_lines
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import ZEROS, held_out
-from tests.packaging.variants import embeddings, load_version
+from tests.packaging.variants import embeddings, load_version, served_embeddings
 from tests.sentences import SENTENCES
 
 # variant_repo runs inductor and a C++ compiler, and the ONNX exporter: a minute for both
@@ -85,7 +87,6 @@ async def test_a_vouched_server_serves_the_compiled_variant_with_the_same_answer
 ) -> None:
     digests = tmp_path / "digests.txt"
     digests.write_text("\n".join(digest_lines(variant_repo)) + "\n")
-    body = {"instances": SENTENCES[:8]}
     answers = {}
     for runtime in ("compiled", "eager"):
         settings = make_settings(
@@ -96,12 +97,8 @@ async def test_a_vouched_server_serves_the_compiled_variant_with_the_same_answer
             model_trust="digest-pinned",
             model_digests_file=digests,
         )
-        async with serve(settings) as http:
-            listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
-            assert listed["runtime"] == runtime
-            response = await http.post("/v1/models/minilm:predict", json=body)
-            assert response.status_code == 200, response.text
-            answers[runtime] = np.array([p["embedding"] for p in response.json()["predictions"]])
+        served, answers[runtime] = await served_embeddings(settings, SENTENCES[:8])
+        assert served == runtime
     np.testing.assert_allclose(answers["compiled"], answers["eager"], atol=1e-4)
 
 
@@ -122,15 +119,18 @@ def test_native_code_needs_the_version_vouched_for(variant_repo: Path) -> None:
     assert "nothing vouches for this version" in model.runtime.reason
 
 
+@pytest.mark.parametrize(
+    ("runtime", "file"), [("compiled", "model.fp32.cpu.aoti.pt2"), ("onnx", "model.fp32.onnx")]
+)
 def test_a_variant_that_fails_to_load_leaves_the_version_eager(
-    variant_repo: Path, tmp_path: Path
+    variant_repo: Path, tmp_path: Path, runtime: RuntimeSetting, file: str
 ) -> None:
     directory = tmp_path / "digits"
     shutil.copytree(variant_repo / "digits" / "1", directory)
-    (directory / "model.fp32.cpu.aoti.pt2").write_bytes(b"not a package")
-    model = load_version(directory, "compiled")
+    (directory / file).write_bytes(b"not a variant")
+    model = load_version(directory, runtime)
     assert model.runtime.runtime == "eager"
-    assert "failed to load" in model.runtime.reason
+    assert f"the {runtime} variant failed to load" in model.runtime.reason
     assert len(model.forward([np.zeros((8, 8), dtype=np.float32)] * 2)) == 2
 
 

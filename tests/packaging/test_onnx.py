@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from service.runtime.onnx_session import OnnxModule
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import held_out
 from tests.packaging.user_models import eager, package, write_user_models
-from tests.packaging.variants import embeddings, load_version
+from tests.packaging.variants import embeddings, load_version, served_embeddings
 from tests.sentences import SENTENCES
 
 pytestmark = pytest.mark.integration
@@ -67,18 +66,13 @@ async def test_an_unvouched_server_serves_the_onnx_variant_with_the_same_answers
     variant_repo: Path, make_settings: SettingsFactory
 ) -> None:
     """An ONNX graph is data, not code: it needs no MODEL_TRUST, only its sha256."""
-    body = {"instances": [LONG_TEXT, *SENTENCES[:7]]}
     answers = {}
     for runtime in ("onnx", "eager"):
         settings = make_settings(
             model_repository=variant_repo, models=["minilm"], precision="fp32", runtime=runtime
         )
-        async with serve(settings) as http:
-            listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
-            assert listed["runtime"] == runtime
-            response = await http.post("/v1/models/minilm:predict", json=body)
-            assert response.status_code == 200, response.text
-            answers[runtime] = np.array([p["embedding"] for p in response.json()["predictions"]])
+        served, answers[runtime] = await served_embeddings(settings, [LONG_TEXT, *SENTENCES[:7]])
+        assert served == runtime
     np.testing.assert_allclose(answers["onnx"], answers["eager"], atol=1e-4)
 
 
@@ -100,18 +94,6 @@ def test_without_onnx_runtime_the_version_is_served_by_torch(
     model = load_version(variant_repo / "digits" / "1", "onnx")
     assert model.runtime.runtime == "eager"
     assert "ONNX Runtime is not installed" in model.runtime.reason
-
-
-def test_an_onnx_file_that_fails_to_load_leaves_the_version_eager(
-    variant_repo: Path, tmp_path: Path
-) -> None:
-    directory = tmp_path / "digits"
-    shutil.copytree(variant_repo / "digits" / "1", directory)
-    (directory / "model.fp32.onnx").write_bytes(b"not a graph")
-    model = load_version(directory, "onnx")
-    assert model.runtime.runtime == "eager"
-    assert "the onnx variant failed to load" in model.runtime.reason
-    assert len(model.forward([np.zeros((8, 8), dtype=np.float32)] * 2)) == 2
 
 
 def test_auto_times_every_usable_runtime_and_says_which_won(variant_repo: Path) -> None:

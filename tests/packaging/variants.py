@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.config import RuntimeSetting
+from service.config import RuntimeSetting, Settings
 from service.runtime.device import PrecisionChoice
 from service.runtime.executor import TorchThread
 from service.runtime.handlers.text_embedding import TextEmbeddingHandler
 from service.runtime.loading import load_model
 from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
+from tests.conftest import serve
 
 
 def embeddings(forward: Callable[..., Any], directory: Path, texts: list[str]) -> np.ndarray:
@@ -52,3 +53,13 @@ def load_version(
         return asyncio.run(on_thread())
     finally:
         thread.shutdown()
+
+
+async def served_embeddings(settings: Settings, texts: list[str]) -> tuple[str, np.ndarray]:
+    """The runtime a server reports for minilm, and the embeddings it answers for `texts`."""
+    async with serve(settings) as http:
+        listed = (await http.get("/v1/models")).json()["models"][0]["versions"][0]
+        response = await http.post("/v1/models/minilm:predict", json={"instances": texts})
+        assert response.status_code == 200, response.text
+    vectors = np.array([p["embedding"] for p in response.json()["predictions"]])
+    return str(listed["runtime"]), vectors
