@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from service.packaging.errors import PackagingError
+from service.packaging.specs import as_tuple
 
 Outputs = Sequence[torch.Tensor]
 
@@ -56,3 +57,8 @@ def max_abs_diff(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor
         if want.numel():
             worst = max(worst, float((want.double() - got.double()).abs().max()))
     return worst
+
+
+def float_outputs(outputs: object) -> tuple[torch.Tensor, ...]:
+    """A model's outputs as float tensors on the host: what the comparisons above take."""
+    return tuple(t.detach().float().cpu() for t in as_tuple(outputs))

@@ -19,9 +19,9 @@ import torch
 
 from service.packaging import agreement as agreements
 from service.packaging.errors import PackagingError
-from service.packaging.specs import as_tuple
 from service.runtime.compiled import cpu_features, load_compiled
 from service.runtime.device import DTYPES
+from service.runtime.errors import first_line
 from service.runtime.manifest import CompiledVariant, ModelPrecision
 
 logger = logging.getLogger(__name__)
@@ -82,12 +82,10 @@ def _compile(
             aoti_compile_and_package(cast, package_path=str(target))
         compiled = load_compiled(target)
         with torch.inference_mode():
-            eager_out = _host(module(*inputs))
-            compiled_out = _host(compiled(*inputs))
+            eager_out = agreements.float_outputs(module(*inputs))
+            compiled_out = agreements.float_outputs(compiled(*inputs))
     except Exception as e:  # export and inductor raise many types, each with a long story
-        raise PackagingError(
-            f"the {precision} artifact does not compile: {str(e).splitlines()[0]}"
-        ) from e
+        raise PackagingError(f"the {precision} artifact does not compile: {first_line(e)}") from e
     difference = agreements.max_abs_diff(eager_out, compiled_out)
     if precision == "fp32" and difference > FP32_TOLERANCE:
         raise PackagingError(
@@ -141,7 +139,3 @@ def _dynamic_shapes(program: torch.export.ExportedProgram) -> tuple[dict[int, An
                 dynamic[axis] = dims[name]
         shapes.append(dynamic)
     return tuple(shapes)
-
-
-def _host(outputs: Any) -> Tensors:
-    return tuple(t.detach().float().cpu() for t in as_tuple(outputs))

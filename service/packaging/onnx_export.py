@@ -18,7 +18,7 @@ import torch
 from service.packaging import agreement as agreements
 from service.packaging.compile import FP32_TOLERANCE
 from service.packaging.errors import PackagingError
-from service.packaging.specs import as_tuple
+from service.runtime.errors import first_line
 from service.runtime.manifest import OnnxVariant
 from service.runtime.onnx_session import OnnxModule
 
@@ -64,14 +64,13 @@ def export_onnx(
     except PackagingError:
         raise
     except Exception as e:  # the exporter and ONNX Runtime raise many types
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PackagingError(f"the artifact does not export to ONNX: {first_line}") from e
+        raise PackagingError(f"the artifact does not export to ONNX: {first_line(e)}") from e
     if module.input_count != len(example):
         raise PackagingError(
             f"the ONNX graph takes {module.input_count} inputs where the artifact takes"
             f" {len(example)} (an input the model ignores is dropped by the exporter)"
         )
-    outputs = _host(module(*example))
+    outputs = agreements.float_outputs(module(*example))
     difference = agreements.max_abs_diff(reference, outputs)
     if difference > FP32_TOLERANCE:
         raise PackagingError(
@@ -93,7 +92,3 @@ def export_onnx(
         },
     )
     return variant
-
-
-def _host(outputs: object) -> Tensors:
-    return tuple(t.detach().float().cpu() for t in as_tuple(outputs))

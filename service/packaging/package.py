@@ -26,7 +26,7 @@ from service.packaging.specs import as_tuple, exported_specs, named_specs, renam
 from service.packaging.writer import copy_files, next_version, staged_version, write_manifest
 from service.runtime.artifact_safety import check_artifact
 from service.runtime.device import DTYPES, PrecisionChoice
-from service.runtime.errors import ModelLoadError
+from service.runtime.errors import ModelLoadError, first_line
 from service.runtime.handlers import handler_for
 from service.runtime.loading import load_module, load_torchscript
 from service.runtime.manifest import (
@@ -104,7 +104,7 @@ def package_module(
             )
     except Exception as e:  # export raises many types, each with a long explanation
         raise PackagingError(
-            f"the module does not export with torch.export: {_first_line(e)}"
+            f"the module does not export with torch.export: {first_line(e)}"
         ) from e
     inputs, outputs = exported_specs(program)
     inputs = renamed(inputs, request.input_names, kind="input")
@@ -174,7 +174,7 @@ def _load_source(path: Path, artifact_format: ArtifactFormat) -> Any:
     except ModelLoadError as e:
         raise PackagingError(str(e)) from e
     except Exception as e:  # torch raises many types for a file it cannot read
-        raise PackagingError(f"{path.name}: not a {artifact_format} file: {_first_line(e)}") from e
+        raise PackagingError(f"{path.name}: not a {artifact_format} file: {first_line(e)}") from e
 
 
 def _package(
@@ -212,11 +212,14 @@ def _package(
             )
         if check_batches:
             _check_batch_sizes(served, example, served_outputs)
+        calibration = request.calibration or example
+        calibrated = _run(served, calibration, what="the calibration input")
         measured = _measure_precisions(
-            served, request.calibration or example, request.agreement, request.precisions
+            served, calibration, calibrated, request.agreement, request.precisions
         )
-        compiled = _compile(request, artifact_format, staging / artifact, served, example)
-        onnx = _export_onnx(request, artifact_format, staging / artifact, served, example)
+        compiled, onnx = _variants(
+            request, artifact_format, staging / artifact, calibration, calibrated
+        )
         fields = _manifest_fields(request, version, inputs, outputs, measured, difference)
         fields["format"] = artifact_format
         fields["compiled"] = [v.model_dump() for v in compiled]
@@ -243,36 +246,26 @@ def _package(
     return manifest
 
 
-def _compile(
+def _variants(
     request: PackageRequest,
     artifact_format: ArtifactFormat,
     artifact: Path,
-    served: torch.nn.Module,
-    example: Tensors,
-) -> list[CompiledVariant]:
-    if not request.compile:
-        return []
+    calibration: Tensors,
+    reference: Tensors,
+) -> tuple[list[CompiledVariant], OnnxVariant | None]:
+    """The compiled and ONNX variants asked for, each checked against `reference`, the fp32
+    artifact's outputs on the calibration input."""
+    if not request.compile and not request.onnx:
+        return [], None
     if artifact_format != "torch.export":
-        raise PackagingError("--compile takes torch.export artifacts only, not TorchScript")
-    inputs = request.calibration or example
-    reference = _run(served, inputs, what="the calibration input")
-    return compile_variants(artifact, request.compile, inputs, reference, request.agreement)
-
-
-def _export_onnx(
-    request: PackageRequest,
-    artifact_format: ArtifactFormat,
-    artifact: Path,
-    served: torch.nn.Module,
-    example: Tensors,
-) -> OnnxVariant | None:
+        option = "--compile" if request.compile else "--onnx"
+        raise PackagingError(f"{option} takes torch.export artifacts only, not TorchScript")
+    compiled = compile_variants(
+        artifact, request.compile, calibration, reference, request.agreement
+    )
     if not request.onnx:
-        return None
-    if artifact_format != "torch.export":
-        raise PackagingError("--onnx takes torch.export artifacts only, not TorchScript")
-    inputs = request.calibration or example
-    reference = _run(served, inputs, what="the calibration input")
-    return export_onnx(artifact, inputs, reference, request.agreement)
+        return compiled, None
+    return compiled, export_onnx(artifact, calibration, reference, request.agreement)
 
 
 def _manifest_fields(
@@ -323,7 +316,7 @@ def _check_handler(manifest: Manifest, staging: Path, module: torch.nn.Module) -
     except Exception as e:  # a user's handler may raise anything
         raise PackagingError(
             f"handler {manifest.handler or manifest.task!r} cannot serve this model:"
-            f" {_first_line(e)}"
+            f" {first_line(e)}"
         ) from e
 
 
@@ -343,11 +336,12 @@ def _check_batch_sizes(module: torch.nn.Module, example: Tensors, outputs: Tenso
 def _measure_precisions(
     module: torch.nn.Module,
     inputs: Tensors,
+    reference: Tensors,
     agreement: agreements.Agreement,
     precisions: Sequence[ModelPrecision],
 ) -> dict[ModelPrecision, float]:
-    """Each reduced precision's agreement with fp32, where the CPU can run it at all."""
-    reference = _run(module, inputs, what="the calibration input")
+    """Each reduced precision's agreement with fp32 (`reference`, the module's outputs for
+    `inputs`), where the CPU can run it at all."""
     # Casting back to fp32 would leave the weights rounded to the reduced dtype.
     fp32_state = {name: t.detach().clone() for name, t in module.state_dict().items()}
     measured: dict[ModelPrecision, float] = {}
@@ -359,7 +353,7 @@ def _measure_precisions(
                 reduced = as_tuple(module.to(dtype)(*cast))
         except Exception as e:  # an op without a kernel in this dtype
             logger.info(
-                "precision not measurable", extra={"precision": precision, "error": _first_line(e)}
+                "precision not measurable", extra={"precision": precision, "error": first_line(e)}
             )
             continue
         finally:
@@ -373,7 +367,7 @@ def _run(module: Any, inputs: Tensors, *, what: str) -> Tensors:
         with torch.inference_mode():
             return _host(as_tuple(module(*inputs)))
     except Exception as e:  # the model's own error, whatever its type
-        raise PackagingError(f"the example input does not fit {what}: {_first_line(e)}") from e
+        raise PackagingError(f"the example input does not fit {what}: {first_line(e)}") from e
 
 
 def _host(outputs: Any) -> Tensors:
@@ -386,8 +380,3 @@ def _host(outputs: Any) -> Tensors:
 
 def _at_least_two(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([tensor, tensor]) if tensor.dim() and tensor.shape[0] == 1 else tensor
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

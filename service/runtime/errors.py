@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line (or its type, where it has no message), for a log or a reason:
+    torch's and ONNX Runtime's messages run to pages."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
 class RuntimeProblem(Exception):
     """Base class: a failure that a client request can run into."""
 

@@ -22,7 +22,7 @@ from service.runtime.compiled import (
     usable_variant,
 )
 from service.runtime.device import DTYPES, PrecisionChoice
-from service.runtime.errors import ModelLoadError
+from service.runtime.errors import ModelLoadError, first_line
 from service.runtime.executor import TorchThread
 from service.runtime.handlers import handler_for
 from service.runtime.manifest import Manifest
@@ -211,8 +211,7 @@ def _candidates(
 
 def _unusable(model: LoadedModel, what: str, e: Exception) -> str:
     """Log a variant that cannot serve (it falls back; it never fails the version); why."""
-    detail = str(e).strip()
-    why = f"{what}: {detail.splitlines()[0] if detail else type(e).__name__}"
+    why = f"{what}: {first_line(e)}"
     logger.warning(
         "variant unusable",
         extra={"model_name": model.name, "model_version": model.version, "reason": why},
