@@ -12,13 +12,11 @@ import torch
 
 from service.config import RuntimeSetting
 from service.runtime.compiled import load_compiled
-from service.runtime.device import PrecisionChoice
-from service.runtime.loading import load_module
 from service.runtime.manifest import Manifest
 from service.runtime.trust import digest_lines
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import ZEROS, held_out
-from tests.packaging.variants import embeddings, load_version, served_embeddings
+from tests.packaging.variants import eager_artifact, embeddings, load_version, served_embeddings
 from tests.sentences import SENTENCES
 
 # variant_repo runs inductor and a C++ compiler, and the ONNX exporter: a minute for both
@@ -32,9 +30,7 @@ LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
 def test_compiled_fp32_minilm_matches_the_eager_artifact(variant_repo: Path, batch: int) -> None:
     directory = variant_repo / "minilm" / "1"
     texts = ([LONG_TEXT] + SENTENCES * 2)[:batch]  # every shape: 256 tokens down to a few
-    eager = load_module(
-        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
-    )
+    eager = eager_artifact(directory)
     compiled = load_compiled(directory / "model.fp32.cpu.aoti.pt2")
     want = embeddings(eager, directory, texts)
     got = embeddings(compiled, directory, texts)
@@ -45,9 +41,7 @@ def test_compiled_bf16_minilm_stays_within_the_models_bound(variant_repo: Path) 
     directory = variant_repo / "minilm" / "1"
     manifest = Manifest.read(directory)
     texts = [LONG_TEXT, *SENTENCES]
-    eager = load_module(
-        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
-    )
+    eager = eager_artifact(directory)
     want = embeddings(eager, directory, texts)
     got = embeddings(load_compiled(directory / "model.bf16.cpu.aoti.pt2"), directory, texts)
     cosine = (want * got).sum(1) / np.linalg.norm(got, axis=1)
@@ -61,9 +55,7 @@ def test_compiled_digits_classify_as_the_eager_artifact(variant_repo: Path) -> N
     directory = variant_repo / "digits" / "1"
     images, _ = held_out()
     inputs = torch.from_numpy(images).float().reshape(-1, 1, 8, 8)
-    eager = load_module(
-        directory / "model.pt2", "torch.export", torch.device("cpu"), PrecisionChoice("fp32", "")
-    )
+    eager = eager_artifact(directory)
     with torch.inference_mode():
         want = eager(inputs)
         got = load_compiled(directory / "model.fp32.cpu.aoti.pt2")(inputs)

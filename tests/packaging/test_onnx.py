@@ -11,24 +11,17 @@ import torch
 from service.packaging.errors import PackagingError
 from service.packaging.package import PackageRequest, package_torchscript
 from service.runtime import onnx_session
-from service.runtime.device import PrecisionChoice
-from service.runtime.loading import load_module
 from service.runtime.manifest import Manifest
 from service.runtime.onnx_session import OnnxModule
 from tests.conftest import SettingsFactory, serve
 from tests.digits_data import held_out
 from tests.packaging.user_models import eager, package, write_user_models
-from tests.packaging.variants import embeddings, load_version, served_embeddings
+from tests.packaging.variants import eager_artifact, embeddings, load_version, served_embeddings
 from tests.sentences import SENTENCES
 
 pytestmark = pytest.mark.integration
 
 LONG_TEXT = " ".join(SENTENCES)  # truncated to the model's 256 tokens
-FP32 = PrecisionChoice("fp32", "test")
-
-
-def _eager(directory: Path) -> torch.nn.Module:
-    return load_module(directory / "model.pt2", "torch.export", torch.device("cpu"), FP32)
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])
@@ -36,7 +29,7 @@ def test_onnx_minilm_matches_the_eager_artifact(variant_repo: Path, batch: int) 
     directory = variant_repo / "minilm" / "1"
     texts = ([LONG_TEXT] + SENTENCES * 2)[:batch]  # every shape: 256 tokens down to a few
     onnx = OnnxModule(directory / "model.fp32.onnx", threads=1)
-    want = embeddings(_eager(directory), directory, texts)
+    want = embeddings(eager_artifact(directory), directory, texts)
     got = embeddings(onnx, directory, texts)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -46,7 +39,7 @@ def test_onnx_digits_classify_as_the_eager_artifact(variant_repo: Path) -> None:
     images, _ = held_out()
     inputs = torch.from_numpy(images).float().reshape(-1, 1, 8, 8)
     with torch.inference_mode():
-        want = _eager(directory)(inputs)
+        want = eager_artifact(directory)(inputs)
     got = OnnxModule(directory / "model.fp32.onnx", threads=1)(inputs)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 

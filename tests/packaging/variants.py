@@ -15,10 +15,16 @@ from service.config import RuntimeSetting, Settings
 from service.runtime.device import PrecisionChoice
 from service.runtime.executor import TorchThread
 from service.runtime.handlers.text_embedding import TextEmbeddingHandler
-from service.runtime.loading import load_model
+from service.runtime.loading import load_model, load_module
 from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
 from tests.conftest import serve
+
+
+def eager_artifact(directory: Path) -> torch.nn.Module:
+    """The version's artifact as a server loads it for eager fp32: what variants are held to."""
+    fp32 = PrecisionChoice("fp32", "test")
+    return load_module(directory / "model.pt2", "torch.export", torch.device("cpu"), fp32)
 
 
 def embeddings(forward: Callable[..., Any], directory: Path, texts: list[str]) -> np.ndarray:
