@@ -16,6 +16,14 @@ from service.packaging import cli as package_cli
 from service.rollouts import cli as rollout_cli
 from service.rollouts.shadow_cpus import split_cpus
 
+# Read by oneDNN, and by ideep (torch's wrapper of it), when torch loads: set before any worker
+# starts. Each keeps an entry per input shape, 1,024 of them by default, and variable batch sizes
+# and sentence lengths make thousands of shapes: minilm's RSS grew ~3.5 MB per new shape in bf16
+# through oneDNN's cache and ~1.6 MB through ideep's. 32 of each hold it flat. In bf16 a shape
+# that has left oneDNN's cache is slower to run again (docs/performance.md, Memory): a larger
+# cache would serve bf16 faster, and bigger.
+NATIVE_CACHE_CAPACITIES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32", "LRU_CACHE_CAPACITY": "32"}
+
 
 def _settings_or_exit(**overrides: object) -> Settings:
     try:
@@ -47,10 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
         )
         return 0
-    # oneDNN caches a compiled primitive per input shape, 1,024 by default. Variable batch
-    # sizes and sentence lengths make thousands of shapes, and RSS grew 20% in a 10-minute
-    # soak; 32 primitives held it flat at no measurable cost in speed.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
+    for name, capacity in NATIVE_CACHE_CAPACITIES.items():
+        os.environ.setdefault(name, capacity)
     # Must be set before prometheus_client is first imported, here and in every worker.
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="torchdock-metrics-"

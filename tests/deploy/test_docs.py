@@ -14,7 +14,11 @@ from tests.paths import ROOT
 pytestmark = pytest.mark.deploy
 
 # Read by libraries themselves, not by Settings; documented beside the settings by hand.
-LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+LIBRARY_VARIABLES = {
+    "PROMETHEUS_MULTIPROC_DIR",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+    "LRU_CACHE_CAPACITY",
+}
 
 
 def _docs_hooks() -> ModuleType:
