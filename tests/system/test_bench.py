@@ -158,6 +158,23 @@ def test_the_padding_bench_reports_both_cuts(model_repo: Path) -> None:
     assert all("budget only" in row and "cheapest" in row and "x" in row for row in rows)
 
 
+def test_the_shape_cache_bench_reports_memory_and_speed_for_each_setting(model_repo: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.shape_cache", "--repository", str(model_repo),
+               "--rounds", "1", "--seconds", "0.3", "--memory-seconds", "1", "--shapes", "4",
+               "--settings", "serve", "defaults"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    memory = [line for line in lines if line.startswith("memory")]
+    speed = [line for line in lines if line.startswith("speed")]
+    assert [line.split(":")[0].split(None, 1)[1].strip() for line in memory] == [
+        "serve's caps", "libraries' defaults",
+    ]  # fmt: skip
+    assert all(" random batches in 1 s" in line and "RssAnon" in line for line in memory)
+    assert len(speed) == 2 and speed[0].endswith("1.00x the first")
+    assert all(float(line.split(":")[1].split()[0]) > 0 for line in speed)
+
+
 def test_the_soak_reports_growth_per_worker_of_a_server_run_with_its_env(model_repo: Path) -> None:
     command = [sys.executable, "-m", "benchmarks.soak", "--repository", str(model_repo),
                "--minutes", "0.1", "--warmup-minutes", "0", "--interval", "2",
