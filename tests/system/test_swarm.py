@@ -19,7 +19,7 @@ from tests.paths import ROOT
 from tests.system.docker_cli import docker
 from tests.system.releases import BROKEN, VERSION_2, build, publish
 from tests.system.server import free_port, wait_until
-from tests.system.stack import API_IMAGE, Load, Stack
+from tests.system.stack import API_IMAGE, FAST_HEALTHCHECKS, Load, Stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -60,8 +60,8 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     env_file.write_text(
         f"TORCHDOCK_IMAGE={images['a']}\nAPI_REPLICAS=3\nHTTP_PORT={http_port}\n"
         f"SECRETS_DIR={work / 'secrets'}\n"
-        # The broken release fails its healthcheck after 30 s instead of 150 s.
-        "API_START_PERIOD=30s\n"
+        # The broken release fails its healthcheck after about 36 s instead of 150 s.
+        f"API_START_PERIOD=30s\n{FAST_HEALTHCHECKS}"
         # Five replicas (and one more while a task is replaced) must fit on this one node,
         # whatever its CPUs and memory.
         "API_CPU_RESERVATION=0.1\nAPI_MEMORY_RESERVATION=256m\nAPI_MAX_REPLICAS_PER_NODE=6\n"
