@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +229,9 @@ class PeerPlan:
 
 
 def peer_servers(names: list[str], model_dir: Path, work: Path, plan: PeerPlan) -> list[PeerServer]:
+    # Fresh venvs install side by side: each spends most of its time unpacking torch, on one core.
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(peer_venv, dict.fromkeys(names)))
     servers: list[PeerServer] = []
     for name in names:
         if name == "infinity":
