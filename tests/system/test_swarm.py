@@ -151,10 +151,11 @@ def test_swarm_rolls_forward_rolls_back_and_scales_without_failing_a_request(
 
     # Scale out and back in under load.
     with Load(stack, rate=20) as load:
-        docker("service", "scale", "--detach=false", f"{API}=5", timeout=600)
-        assert running_api_tasks() == 5
+        docker("service", "scale", "--detach", f"{API}=5")
+        wait_until(lambda: running_api_tasks() == 5, 300, "five api tasks running")
         time.sleep(8)
-        docker("service", "scale", "--detach=false", f"{API}=3", timeout=600)
+        docker("service", "scale", "--detach", f"{API}=3")
+        wait_until(lambda: running_api_tasks() == 3, 300, "three api tasks running")
         time.sleep(3)
     assert load.failures == [], load.explain()
     assert running_api_tasks() == 3
