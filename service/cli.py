@@ -69,6 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Shared by this server's workers only: what an operator loaded, for each to apply.
         control_dir = Path(tempfile.mkdtemp(prefix="torchdock-control-"))
         settings = settings.model_copy(update={"model_control_dir": control_dir})
+    if settings.runtime_choice_dir is None:
+        choices_dir = Path(tempfile.mkdtemp(prefix="torchdock-runtime-"))
+        settings = settings.model_copy(update={"runtime_choice_dir": choices_dir})
     TorchdockApplication(settings).run()
     return 0
 

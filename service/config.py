@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     """where one server's workers share the explicitly loaded models; unset: `torchdock serve`
     makes one
     """
+    runtime_choice_dir: Path | None = None
+    """where one server's workers share what `RUNTIME=auto` chose, so that the first to load a
+    version times the runtimes and the others serve its choice; unset: `torchdock serve` makes
+    one
+    """
     model_trust: Literal["none", "digest-pinned", "signed"] = "none"
     """`digest-pinned` (with `MODEL_DIGESTS_FILE`) or `signed` (with `MODEL_TRUST_KEY_FILE`, an
     Ed25519 public key)

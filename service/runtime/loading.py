@@ -3,6 +3,7 @@ serves it (eager, compiled or ONNX)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -28,6 +29,7 @@ from service.runtime.handlers import handler_for
 from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
 from service.runtime.onnx_session import OnnxModule, usable_onnx
+from service.runtime.shared_choice import SharedChoice
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,10 @@ def load_model(
     policy: BatchPolicy,
     runtime: RuntimeSetting = "eager",
     may_run_code: bool = False,
+    shared_choice: SharedChoice | None = None,
 ) -> LoadedModel:
-    """Load and warm up one version. Call only on the torch thread."""
+    """Load and warm up one version. Call only on the torch thread. With `shared_choice`,
+    RUNTIME=auto is decided once for the server's workers (`shared_choice`)."""
     started = time.monotonic()
     handler = handler_for(manifest, artifact.parent)
     handler.place(device)
@@ -94,12 +98,19 @@ def load_model(
     sizes = sorted({1, min(policy.max_batch_size, 8), policy.max_batch_size})
     full_batch = _warm_up(model, warm, sizes)
     if runtime != "eager":
-        full_batch = (
-            _choose_runtime(
-                model, artifact.parent, runtime, may_run_code=may_run_code, warm=warm, sizes=sizes
-            )
-            or full_batch
+        choose = functools.partial(
+            _choose_runtime,
+            model,
+            artifact.parent,
+            runtime,
+            may_run_code=may_run_code,
+            warm=warm,
+            sizes=sizes,
         )
+        if runtime == "auto" and shared_choice is not None:
+            full_batch = _choose_once_per_server(model, shared_choice, choose) or full_batch
+        else:
+            full_batch = choose() or full_batch
     # Admission control starts from the time of a full batch.
     model.batcher.calibrate(full_batch)
     elapsed = time.monotonic() - started
@@ -130,6 +141,22 @@ def _warm_up(model: LoadedModel, warm: list[Any], sizes: list[int]) -> float:
     return seconds
 
 
+def _choose_once_per_server(
+    model: LoadedModel, shared: SharedChoice, choose: Callable[..., float | None]
+) -> float | None:
+    """The runtime a sibling worker chose for this version, or, for the first worker, the one
+    `choose` times, recorded for the others. The seconds of a full batch, as `choose`'s."""
+    with shared.choices.decide(shared.key) as recorded:
+        if recorded is None:
+            seconds = choose()
+            shared.choices.record(shared.key, model.runtime)
+            return seconds
+        if recorded.runtime == "eager":
+            model.runtime = RuntimeChoice("eager", f"{recorded.reason}, timed by a sibling worker")
+            return None
+        return choose(only=recorded)
+
+
 def _choose_runtime(
     model: LoadedModel,
     directory: Path,
@@ -138,12 +165,15 @@ def _choose_runtime(
     may_run_code: bool,
     warm: list[Any],
     sizes: list[int],
+    only: RuntimeChoice | None = None,
 ) -> float | None:
     """Serve a variant (compiled, ONNX) where one is usable and, for RUNTIME=auto, the fastest
-    here, eager included.
+    here, eager included; `only` that one where a sibling worker chose it.
 
     The seconds of a full batch with the runtime chosen, or None to keep the eager figure."""
     candidates, refusals = _candidates(model, directory, setting, may_run_code=may_run_code)
+    if only is not None:
+        candidates = {r: load for r, load in candidates.items() if r == only.runtime}
     eager, eager_choice = model.module, model.runtime
     full = (warm * sizes[-1])[: sizes[-1]]
     fastest: tuple[Runtime, Callable[..., Any], float] | None = None
@@ -168,6 +198,10 @@ def _choose_runtime(
     if fastest is None:
         _eager_after_all(model, setting, "; ".join(refusals))
         return None
+    if only is not None:
+        reason = f"{only.reason}, timed by a sibling worker"
+        model.use(fastest[1], RuntimeChoice(fastest[0], reason))
+        return fastest[2]
     if setting != "auto":
         model.use(fastest[1], RuntimeChoice(fastest[0], f"RUNTIME={setting}"))
         return fastest[2]

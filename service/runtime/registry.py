@@ -27,6 +27,7 @@ from service.runtime.loading import load_model
 from service.runtime.manifest import MANIFEST_FILE, Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
 from service.runtime.repository import VersionRef, discover, read_verified_manifest
+from service.runtime.shared_choice import SharedChoice, SharedRuntimeChoices, choice_key
 from service.runtime.trust import TrustPolicy
 from service.runtime.version_policy import VersionPolicy
 
@@ -147,6 +148,15 @@ class ModelRegistry:
         for state in retired:
             await self._retire(state)
 
+    def _shared_choice(
+        self, ref: VersionRef, digest: str | None, precision: str
+    ) -> SharedChoice | None:
+        directory = self._settings.runtime_choice_dir
+        if directory is None:
+            return None
+        key = choice_key(ref.name, ref.version, digest, precision)
+        return SharedChoice(SharedRuntimeChoices(directory), key)
+
     def _may_run_code(self) -> bool:
         """Whether a version's native code may load: vouched for from outside the repository,
         or allowed by the operator."""
@@ -170,21 +180,23 @@ class ModelRegistry:
                 manifest.format,
                 allow_code=self._settings.allow_pickled_artifacts,
             )
+            precision = choose_precision(
+                self._settings.overrides_for(ref.name).precision or self._settings.precision,
+                manifest.precision,
+                self._device,
+                model=ref.name,
+            )
             state.model = await self._torch_thread.run(
                 load_model,
                 manifest=manifest,
                 artifact=artifact,
                 device=self._device,
-                precision=choose_precision(
-                    self._settings.overrides_for(ref.name).precision or self._settings.precision,
-                    manifest.precision,
-                    self._device,
-                    model=ref.name,
-                ),
+                precision=precision,
                 torch_thread=self._torch_thread,
                 policy=self._batch_policy(manifest),
                 runtime=self._settings.overrides_for(ref.name).runtime or self._settings.runtime,
                 may_run_code=self._may_run_code(),
+                shared_choice=self._shared_choice(ref, digest, precision.precision),
             )
             metrics.MODEL_READY.labels(ref.name, str(ref.version)).set(1)
         except DeviceError:

@@ -18,6 +18,7 @@ from service.runtime.handlers.text_embedding import TextEmbeddingHandler
 from service.runtime.loading import load_model, load_module
 from service.runtime.manifest import Manifest
 from service.runtime.model import BatchPolicy, LoadedModel
+from service.runtime.shared_choice import SharedChoice
 from tests.conftest import serve
 
 
@@ -36,7 +37,12 @@ def embeddings(forward: Callable[..., Any], directory: Path, texts: list[str]) -
 
 
 def load_version(
-    directory: Path, runtime: RuntimeSetting, *, precision: str = "fp32", may_run_code: bool = True
+    directory: Path,
+    runtime: RuntimeSetting,
+    *,
+    precision: str = "fp32",
+    may_run_code: bool = True,
+    shared_choice: SharedChoice | None = None,
 ) -> LoadedModel:
     """Load the version in `directory` on a torch thread of its own, as the registry does."""
     thread = TorchThread(threads=1)
@@ -53,6 +59,7 @@ def load_version(
             policy=BatchPolicy(enabled=True, max_batch_size=8, max_delay_s=0, max_queue_items=8),
             runtime=runtime,
             may_run_code=may_run_code,
+            shared_choice=shared_choice,
         )
 
     try:
