@@ -80,7 +80,7 @@ def load_model(
     shared_choice: SharedChoice | None = None,
 ) -> LoadedModel:
     """Load and warm up one version. Call only on the torch thread. With `shared_choice`,
-    RUNTIME=auto is decided once for the server's workers (`shared_choice`)."""
+    RUNTIME=auto is decided once for all of the server's workers (`runtime.shared_choice`)."""
     started = time.monotonic()
     handler = handler_for(manifest, artifact.parent)
     handler.place(device)
