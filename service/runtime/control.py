@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.processes import pid_alive
+from service.runtime.worker_files import exclusive_lock, write_atomically
 
 STATE_FILE = "models.json"
 
@@ -63,7 +63,7 @@ class SharedModelControl:
 
     def acknowledge(self, generation: int, errors: dict[str, str]) -> None:
         body = {"generation": generation, "errors": errors}
-        _write_atomically(self._workers / f"{os.getpid()}.json", json.dumps(body))
+        write_atomically(self._workers / f"{os.getpid()}.json", json.dumps(body))
 
     def acknowledgements(self) -> list[Acknowledgement]:
         """Those of live workers; a dead worker's file is removed."""
@@ -102,19 +102,7 @@ class SharedModelControl:
 
     def _write(self, state: ControlState) -> None:
         body = json.dumps({"generation": state.generation, "models": list(state.models)})
-        _write_atomically(self.directory / STATE_FILE, body)
+        write_atomically(self.directory / STATE_FILE, body)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with (self.directory / "lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text)
-    partial.replace(path)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.directory / "lock")

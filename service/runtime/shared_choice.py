@@ -11,16 +11,15 @@ others serve what it recorded.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
 from service.runtime.compiled import Runtime, RuntimeChoice
+from service.runtime.worker_files import exclusive_lock, write_atomically
 
 
 def choice_key(name: str, version: int, manifest_digest: str | None, precision: str) -> str:
@@ -39,18 +38,12 @@ class SharedRuntimeChoices:
     def decide(self, key: str) -> Iterator[RuntimeChoice | None]:
         """Hold `key`'s lock; what a sibling recorded for it, or None for the caller to time
         and `record` while it still holds the lock."""
-        with (self.directory / f"{key}.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._read(key)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.directory / f"{key}.lock"):
+            yield self._read(key)
 
     def record(self, key: str, choice: RuntimeChoice) -> None:
         body = json.dumps({"runtime": choice.runtime, "reason": choice.reason})
-        partial = self.directory / f".{key}.{os.getpid()}"
-        partial.write_text(body)
-        partial.replace(self.directory / f"{key}.json")
+        write_atomically(self.directory / f"{key}.json", body)
 
     def _read(self, key: str) -> RuntimeChoice | None:
         try:
