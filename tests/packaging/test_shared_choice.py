@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.runtime.compiled import RuntimeChoice
+from service.runtime.compiled import Runtime, RuntimeChoice
 from service.runtime.shared_choice import SharedChoice, SharedRuntimeChoices, choice_key
 from tests.packaging.variants import load_version
 from tests.sentences import SENTENCES
@@ -85,11 +85,11 @@ def test_the_second_worker_serves_the_first_workers_choice(
 
 @pytest.mark.integration
 @pytest.mark.parametrize("runtime", ["onnx", "compiled", "eager"])
-def test_a_recorded_choice_is_served_without_timing_the_others(
-    variant_repo: Path, tmp_path: Path, runtime: str
+def test_a_recorded_choice_is_served_as_recorded(
+    variant_repo: Path, tmp_path: Path, runtime: Runtime
 ) -> None:
     choices = SharedRuntimeChoices(tmp_path)
-    choices.record("k", RuntimeChoice(runtime, "RUNTIME=auto, the fastest here (recorded)"))  # type: ignore[arg-type]
+    choices.record("k", RuntimeChoice(runtime, "RUNTIME=auto, the fastest here (recorded)"))
     model = load_version(
         variant_repo / "digits" / "1", "auto", shared_choice=SharedChoice(choices, "k")
     )
